@@ -1,0 +1,3 @@
+//! uiommu-iommufd: the `/dev/iommu` object model (in progress).
+#![deny(unsafe_code)]
+pub mod user_memory;

@@ -1,0 +1,1 @@
+//! uiommu-mock (placeholder until this crate lands).

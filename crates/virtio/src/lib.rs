@@ -1,0 +1,1 @@
+//! uiommu-virtio (placeholder until this crate lands).
