@@ -152,7 +152,10 @@ pub enum PciKind {
 impl PciKind {
     /// Whether the function has a PCIe capability (and could have ACS).
     pub fn is_pcie(self) -> bool {
-        !matches!(self, PciKind::ConventionalDevice | PciKind::ConventionalBridge)
+        !matches!(
+            self,
+            PciKind::ConventionalDevice | PciKind::ConventionalBridge
+        )
     }
 
     /// Whether the function is a bridge with a secondary bus that other functions sit on.
@@ -272,8 +275,16 @@ mod tests {
     #[test]
     fn pci_address_rejects_malformed_input() {
         for s in [
-            "", "00:00", "00:20.0", "00:00.8", "1:2:3:4.0", "zz:00.0", "00:00.", "100:00.0",
-            "00000:00:00.0", "00:00.00",
+            "",
+            "00:00",
+            "00:20.0",
+            "00:00.8",
+            "1:2:3:4.0",
+            "zz:00.0",
+            "00:00.",
+            "100:00.0",
+            "00000:00:00.0",
+            "00:00.00",
         ] {
             assert!(s.parse::<PciAddress>().is_err(), "{s:?} parsed");
         }

@@ -4,8 +4,8 @@
 //! of both addresses and the remaining length, and undo a partial map on failure.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::addr::{Iova, PhysAddr, Prot};
 use crate::driver::{DomainOps, DomainType, IommuOps};
@@ -98,7 +98,9 @@ impl Domain {
         }
         let min = self.min_page_size().ok_or(CoreError::NoDevice)?;
         if (iova.0 | paddr.0 | size) & (min - 1) != 0 {
-            return Err(CoreError::Invalid("range not aligned to the smallest page size"));
+            return Err(CoreError::Invalid(
+                "range not aligned to the smallest page size",
+            ));
         }
         if iova.checked_add(size).is_none() && size != 0 || paddr.checked_add(size).is_none() {
             return Err(CoreError::Invalid("range wraps"));
@@ -213,7 +215,14 @@ mod tests {
         fn pgsize_bitmap(&self) -> u64 {
             (1 << 12) | (1 << 21)
         }
-        fn map_pages(&self, iova: Iova, pa: PhysAddr, pgsize: u64, n: u64, _: Prot) -> (u64, Result<()>) {
+        fn map_pages(
+            &self,
+            iova: Iova,
+            pa: PhysAddr,
+            pgsize: u64,
+            n: u64,
+            _: Prot,
+        ) -> (u64, Result<()>) {
             self.calls.lock().unwrap().push((iova.0, pgsize, n));
             let mut pages = self.pages.lock().unwrap();
             for i in 0..n {
@@ -282,16 +291,29 @@ mod tests {
         let d = domain(None);
         // 4 KiB below the 2 MiB boundary, then one 2 MiB page, then a 4 KiB tail.
         let start = 0x20_0000 - 0x1000;
-        d.map(Iova(start), PhysAddr(start), 0x1000 + 0x20_0000 + 0x1000, Prot::READ)
-            .unwrap();
+        d.map(
+            Iova(start),
+            PhysAddr(start),
+            0x1000 + 0x20_0000 + 0x1000,
+            Prot::READ,
+        )
+        .unwrap();
         assert_eq!(
             *recorder(&d).calls.lock().unwrap(),
-            vec![(start, 0x1000, 1), (0x20_0000, 0x20_0000, 1), (0x40_0000, 0x1000, 1)]
+            vec![
+                (start, 0x1000, 1),
+                (0x20_0000, 0x20_0000, 1),
+                (0x40_0000, 0x1000, 1)
+            ]
         );
         // Misaligned physical address: 4 KiB pages only.
         let d = domain(None);
-        d.map(Iova(0x20_0000), PhysAddr(0x1000), 0x20_0000, Prot::READ).unwrap();
-        assert_eq!(*recorder(&d).calls.lock().unwrap(), vec![(0x20_0000, 0x1000, 512)]);
+        d.map(Iova(0x20_0000), PhysAddr(0x1000), 0x20_0000, Prot::READ)
+            .unwrap();
+        assert_eq!(
+            *recorder(&d).calls.lock().unwrap(),
+            vec![(0x20_0000, 0x1000, 512)]
+        );
     }
 
     #[test]
@@ -325,10 +347,15 @@ mod tests {
     #[test]
     fn unmap_stops_at_holes_and_translation_follows_mappings() {
         let d = domain(None);
-        d.map(Iova(0x10000), PhysAddr(0x50000), 0x2000, Prot::READ).unwrap();
+        d.map(Iova(0x10000), PhysAddr(0x50000), 0x2000, Prot::READ)
+            .unwrap();
         assert_eq!(d.unmap(Iova(0x10000), 0x4000), 0x2000);
         assert_eq!(d.unmap(Iova(0x10000), 0x1000), 0);
-        assert_eq!(d.unmap(Iova(0x10800), 0x1000), 0, "misaligned unmap does nothing");
+        assert_eq!(
+            d.unmap(Iova(0x10800), 0x1000),
+            0,
+            "misaligned unmap does nothing"
+        );
         let identity = domain_of(DomainType::Identity, Recorder::default());
         assert_eq!(identity.iova_to_phys(Iova(0x1234)), Some(PhysAddr(0x1234)));
     }

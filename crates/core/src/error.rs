@@ -40,16 +40,16 @@ impl CoreError {
     /// The Linux errno (positive) this error means.
     pub fn errno(&self) -> i32 {
         match self {
-            CoreError::NoDevice => 19,             // ENODEV
-            CoreError::ProbeDeferred(_) => 517,    // EPROBE_DEFER (kernel-internal)
-            CoreError::Invalid(_) => 22,           // EINVAL
-            CoreError::Busy(_) => 16,              // EBUSY
-            CoreError::NotPermitted(_) => 1,       // EPERM
-            CoreError::NotSupported => 95,         // EOPNOTSUPP
-            CoreError::NoMemory => 12,             // ENOMEM
-            CoreError::NotFound => 2,              // ENOENT
-            CoreError::Exists => 17,               // EEXIST
-            CoreError::Io(_) => 5,                 // EIO
+            CoreError::NoDevice => 19,          // ENODEV
+            CoreError::ProbeDeferred(_) => 517, // EPROBE_DEFER (kernel-internal)
+            CoreError::Invalid(_) => 22,        // EINVAL
+            CoreError::Busy(_) => 16,           // EBUSY
+            CoreError::NotPermitted(_) => 1,    // EPERM
+            CoreError::NotSupported => 95,      // EOPNOTSUPP
+            CoreError::NoMemory => 12,          // ENOMEM
+            CoreError::NotFound => 2,           // ENOENT
+            CoreError::Exists => 17,            // EEXIST
+            CoreError::Io(_) => 5,              // EIO
         }
     }
 }

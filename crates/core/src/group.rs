@@ -115,9 +115,9 @@ impl Walk<'_> {
             return false;
         };
         match f.kind {
-            PciKind::ConventionalDevice | PciKind::ConventionalBridge | PciKind::PcieToPciBridge => {
-                false
-            }
+            PciKind::ConventionalDevice
+            | PciKind::ConventionalBridge
+            | PciKind::PcieToPciBridge => false,
             PciKind::RootPort | PciKind::SwitchDownstreamPort => f.acs,
             // Endpoints and upstream ports only need ACS to isolate sibling functions.
             PciKind::Endpoint | PciKind::SwitchUpstreamPort => !f.multifunction || f.acs,

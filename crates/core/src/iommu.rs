@@ -30,8 +30,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::device::{BusInfo, DeviceDesc, DeviceId, PciAddress};
 use crate::domain::Domain;
 use crate::driver::{
-    Capability, DeviceInfo, DomainRequest, DomainType, GroupChoice, HwInfo, IommuOps,
-    PagingFlags, ReservedRegion,
+    Capability, DeviceInfo, DomainRequest, DomainType, GroupChoice, HwInfo, IommuOps, PagingFlags,
+    ReservedRegion,
 };
 use crate::error::{CoreError, Result};
 use crate::fwnode::{FwNode, Fwspec};
@@ -332,7 +332,11 @@ impl IommuCore {
             st.unregister(id);
             return Err(err);
         }
-        tracing::debug!(instance = id.0, probed = candidates.len(), "registered IOMMU instance");
+        tracing::debug!(
+            instance = id.0,
+            probed = candidates.len(),
+            "registered IOMMU instance"
+        );
         Ok(id)
     }
 
@@ -376,7 +380,10 @@ impl IommuCore {
         let entry = st.devices[dev.0 as usize].take().expect("checked above");
         if let Some(pci) = entry.desc.pci_function() {
             st.pci_by_address.remove(&pci.address);
-            if let Some(list) = st.pci_by_bus.get_mut(&(pci.address.segment, pci.address.bus)) {
+            if let Some(list) = st
+                .pci_by_bus
+                .get_mut(&(pci.address.segment, pci.address.bus))
+            {
                 list.retain(|&d| d != dev);
             }
         }
@@ -395,7 +402,9 @@ impl IommuCore {
         let entry = st.device_mut(dev)?;
         match &mut entry.fwspec {
             Some(spec) if spec.fwnode != fwnode => {
-                return Err(CoreError::Invalid("device already has a fwspec for another IOMMU"))
+                return Err(CoreError::Invalid(
+                    "device already has a fwspec for another IOMMU",
+                ))
             }
             Some(spec) => spec.ids.extend_from_slice(ids),
             None => {
@@ -469,7 +478,10 @@ impl IommuCore {
         let Some(group) = st.device(dev)?.group() else {
             return Ok(());
         };
-        let g = st.groups.get_mut(&group).expect("bound devices have groups");
+        let g = st
+            .groups
+            .get_mut(&group)
+            .expect("bound devices have groups");
         if g.default_domain.is_none() {
             return Err(CoreError::ProbeDeferred(String::from("default domain")));
         }
@@ -484,7 +496,10 @@ impl IommuCore {
     pub fn unuse_default_domain(&self, dev: DeviceId) {
         let mut st = self.lock();
         if let Some(group) = st.device(dev).ok().and_then(DeviceEntry::group) {
-            let g = st.groups.get_mut(&group).expect("bound devices have groups");
+            let g = st
+                .groups
+                .get_mut(&group)
+                .expect("bound devices have groups");
             if g.owner.is_none() && g.owner_count > 0 {
                 g.owner_count -= 1;
             }
@@ -506,7 +521,9 @@ impl IommuCore {
         let g = &st.groups[&group];
         if g.owner_count > 0 {
             if g.owner != Some(owner) {
-                return Err(CoreError::NotPermitted("group DMA is owned by someone else"));
+                return Err(CoreError::NotPermitted(
+                    "group DMA is owned by someone else",
+                ));
             }
             st.groups.get_mut(&group).expect("exists").owner_count += 1;
             return Ok(());
@@ -547,7 +564,10 @@ impl IommuCore {
         let Some(group) = st.device(dev).ok().and_then(DeviceEntry::group) else {
             return;
         };
-        let g = st.groups.get_mut(&group).expect("bound devices have groups");
+        let g = st
+            .groups
+            .get_mut(&group)
+            .expect("bound devices have groups");
         if g.owner.is_none() {
             return;
         }
@@ -772,7 +792,9 @@ impl State {
                 return Err(CoreError::Exists);
             }
             if let Some(up) = desc.upstream {
-                let bridge = self.device(up).map_err(|_| CoreError::Invalid("unknown upstream bridge"))?;
+                let bridge = self
+                    .device(up)
+                    .map_err(|_| CoreError::Invalid("unknown upstream bridge"))?;
                 let Some(bridge_fn) = bridge.desc.pci_function().filter(|f| f.kind.is_bridge())
                 else {
                     return Err(CoreError::Invalid("upstream device is not a PCI bridge"));
@@ -831,7 +853,10 @@ impl State {
         if let ProbeState::Failed(err) = &state {
             tracing::debug!(device = dev.0, %err, "IOMMU probe failed");
         }
-        self.devices[dev.0 as usize].as_mut().expect("present").state = state;
+        self.devices[dev.0 as usize]
+            .as_mut()
+            .expect("present")
+            .state = state;
     }
 
     /// Find the instance for `dev` and let its driver probe it. `Ok(None)`: deferred.
@@ -859,7 +884,9 @@ impl State {
         let chosen = ops.probe_device(&self.info(dev, Some(instance)))?;
         if chosen != instance {
             ops.release_device(&self.info(dev, Some(instance)));
-            return Err(CoreError::Invalid("driver claimed the device for another instance"));
+            return Err(CoreError::Invalid(
+                "driver claimed the device for another instance",
+            ));
         }
         Ok(Some(instance))
     }
@@ -930,21 +957,21 @@ impl State {
         let g = self.groups.get_mut(&group).expect("just found or made");
         g.devices.push(dev);
         // Mark the device bound now so grouping of later devices can find this group.
-        self.devices[dev.0 as usize].as_mut().expect("present").state =
-            ProbeState::Bound { instance, group };
+        self.devices[dev.0 as usize]
+            .as_mut()
+            .expect("present")
+            .state = ProbeState::Bound { instance, group };
         let attach = match &self.groups[&group].domain {
             Some(domain) => domain.ops().attach_dev(&self.info(dev, Some(instance))),
-            None if created || self.groups[&group].default_domain.is_none() => {
-                match new_groups {
-                    Some(list) => {
-                        if !list.contains(&group) {
-                            list.push(group);
-                        }
-                        Ok(())
+            None if created || self.groups[&group].default_domain.is_none() => match new_groups {
+                Some(list) => {
+                    if !list.contains(&group) {
+                        list.push(group);
                     }
-                    None => self.setup_default_domain(group),
+                    Ok(())
                 }
-            }
+                None => self.setup_default_domain(group),
+            },
             None => Ok(()),
         };
         if let Err(err) = attach {
@@ -988,7 +1015,10 @@ impl State {
             let ops = inst.ops.clone();
             ops.release_device(&self.info(dev, Some(instance)));
         }
-        let g = self.groups.get_mut(&group).expect("bound devices have groups");
+        let g = self
+            .groups
+            .get_mut(&group)
+            .expect("bound devices have groups");
         g.devices.retain(|&d| d != dev);
         if g.devices.is_empty() {
             let g = self.groups.remove(&group).expect("exists");
@@ -997,7 +1027,10 @@ impl State {
             }
             self.free_group_ids.insert(group.0);
         }
-        self.devices[dev.0 as usize].as_mut().expect("present").state = ProbeState::NoIommu;
+        self.devices[dev.0 as usize]
+            .as_mut()
+            .expect("present")
+            .state = ProbeState::NoIommu;
     }
 
     /// Linux `iommu_release_device()`, plus leaving the deferred list.
@@ -1018,7 +1051,10 @@ impl State {
             }
             ProbeState::NoIommu | ProbeState::Failed(_) => {}
         }
-        self.devices[dev.0 as usize].as_mut().expect("present").state = ProbeState::NoIommu;
+        self.devices[dev.0 as usize]
+            .as_mut()
+            .expect("present")
+            .state = ProbeState::NoIommu;
     }
 
     fn unregister(&mut self, id: InstanceId) {
@@ -1027,16 +1063,18 @@ impl State {
             .iter()
             .enumerate()
             .filter(|(_, d)| {
-                d.as_ref().is_some_and(|d| {
-                    matches!(d.state, ProbeState::Bound { instance, .. } if instance == id)
-                })
+                d.as_ref().is_some_and(
+                    |d| matches!(d.state, ProbeState::Bound { instance, .. } if instance == id),
+                )
             })
             .map(|(i, _)| DeviceId(i as u32))
             .collect();
         for &dev in &bound {
             self.release_device(dev);
         }
-        let inst = self.instances[id.0 as usize].take().expect("checked by callers");
+        let inst = self.instances[id.0 as usize]
+            .take()
+            .expect("checked by callers");
         if let Some(node) = &inst.fwnode {
             self.by_fwnode.remove(node);
         }
