@@ -7,7 +7,7 @@
 //! kernel drivers and users such as iommufd.
 //!
 //! The crate knows nothing of iommufd, of any particular driver, or of how a platform is
-//! described on disk beyond its platform description format: drivers plug in through [`IommuOps`] and
+//! described, beyond the TOML format in [`platform`]: drivers plug in through [`IommuOps`] and
 //! [`DomainOps`].
 //!
 //! Start at [`IommuCore`]; the driver interface is in [`driver`].
@@ -22,6 +22,7 @@ pub mod error;
 pub mod fwnode;
 mod group;
 mod iommu;
+pub mod platform;
 
 pub use addr::{inclusive_last, Iova, PhysAddr, Prot};
 pub use device::{BusInfo, BusKind, DeviceDesc, DeviceId, PciAddress, PciFunction, PciKind};
