@@ -4,13 +4,11 @@
 //! through the IOMMU core to their drivers, and prints the topology.
 #![deny(unsafe_code)]
 
-mod drivers;
-mod probe;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use uiommu::probe;
 use uiommu_core::{DefaultDomainPolicy, ProbePolicy};
 
 #[derive(Parser, Debug)]

@@ -3,15 +3,14 @@
 use std::fmt::Write;
 
 use serde::Serialize;
-use uiommu_core::platform::Platform;
-use uiommu_core::{CoreConfig, IommuCore, ProbeState};
+use uiommu_core::{CoreConfig, ProbePolicy, ProbeState};
 
-use crate::drivers::Drivers;
+use crate::machine::Machine;
 
 /// The embedded default platform.
 pub const DEFAULT_PLATFORM: &str = include_str!("../platforms/x86-virtio-mock.toml");
 
-/// One row of the report.
+/// One device of the report.
 #[derive(Debug, Serialize)]
 pub struct Row {
     device: String,
@@ -43,9 +42,8 @@ struct InstanceRow {
 
 /// Parse `text`, build it into a core configured by `config`, and collect the report.
 pub fn probe(origin: &str, text: &str, config: CoreConfig) -> Result<Topology, String> {
-    let platform = Platform::parse(origin, text).map_err(|e| e.to_string())?;
-    let core = IommuCore::new(config);
-    platform.build(&core, &mut Drivers)?;
+    let machine = Machine::build(origin, text, config)?;
+    let core = &machine.core;
     let devices = core
         .devices()
         .into_iter()
@@ -80,7 +78,11 @@ pub fn probe(origin: &str, text: &str, config: CoreConfig) -> Result<Topology, S
         })
         .collect();
     Ok(Topology {
-        policy: format!("{:?}", config.policy),
+        policy: match config.policy {
+            ProbePolicy::ByFwnode => "by-fwnode",
+            ProbePolicy::CallAll => "call-all",
+        }
+        .to_string(),
         instances,
         devices,
     })

@@ -68,15 +68,16 @@ pub struct PlatformError {
 /// Creates driver instances for [`Platform::build`]: the caller knows the drivers, the
 /// platform layer only knows their names.
 pub trait DriverFactory {
-    /// The driver for an instance named `name` of driver `driver`, registered under `fwnode`.
+    /// The driver for `iommu`. `endpoints` lists the ids that firmware routes to it (every id
+    /// of every fwspec naming its fwnode, sorted), for drivers whose hardware must know its
+    /// endpoints up front, such as a virtio-iommu device.
     ///
     /// # Errors
     /// A message when the driver is unknown or cannot be created.
     fn create(
         &mut self,
-        driver: &str,
-        name: &str,
-        fwnode: &FwNode,
+        iommu: &IommuDesc,
+        endpoints: &[u32],
     ) -> std::result::Result<Arc<dyn IommuOps>, String>;
 }
 
@@ -455,6 +456,19 @@ impl Platform {
         Ok(Platform { iommus, devices })
     }
 
+    /// Every id firmware routes to `fwnode`, sorted and without repeats.
+    pub fn endpoints_of(&self, fwnode: &FwNode) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .devices
+            .iter()
+            .filter_map(|(_, _, spec)| spec.as_ref().filter(|s| &s.fwnode == fwnode))
+            .flat_map(|s| s.ids.iter().copied())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// Add every device to `core`, then create and register every instance through `factory`.
     ///
     /// # Errors
@@ -475,7 +489,7 @@ impl Platform {
         }
         let mut instances = Vec::new();
         for iommu in &self.iommus {
-            let ops = factory.create(&iommu.driver, &iommu.name, &iommu.fwnode)?;
+            let ops = factory.create(iommu, &self.endpoints_of(&iommu.fwnode))?;
             let id = core
                 .register(iommu.name.clone(), Some(iommu.fwnode.clone()), ops)
                 .map_err(|e| format!("IOMMU {}: {e}", iommu.name))?;

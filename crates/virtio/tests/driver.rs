@@ -474,7 +474,7 @@ fn driver_area_outside_guest_memory_is_an_io_error() {
 
 #[test]
 fn platform_description_with_a_viot_pci_range_routes_devices_to_the_driver() {
-    use uiommu_core::platform::{DriverFactory, Platform};
+    use uiommu_core::platform::{DriverFactory, IommuDesc, Platform};
     use uiommu_core::IommuOps;
     use uiommu_virtio::EndpointConfig;
 
@@ -499,14 +499,19 @@ fn platform_description_with_a_viot_pci_range_routes_devices_to_the_driver() {
     impl DriverFactory for Factory {
         fn create(
             &mut self,
-            driver: &str,
-            _name: &str,
-            _fwnode: &FwNode,
+            iommu: &IommuDesc,
+            endpoints: &[u32],
         ) -> Result<Arc<dyn IommuOps>, String> {
-            assert_eq!(driver, "virtio-iommu");
+            assert_eq!(iommu.driver, "virtio-iommu");
+            assert_eq!(
+                endpoints,
+                [0x110, 0x118],
+                "the ids firmware routes to the IOMMU"
+            );
             let config = DeviceConfig {
-                endpoints: (0x100..0x200)
-                    .map(|id| EndpointConfig {
+                endpoints: endpoints
+                    .iter()
+                    .map(|&id| EndpointConfig {
                         id,
                         reserved: vec![],
                     })
