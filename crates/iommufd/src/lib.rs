@@ -1,6 +1,7 @@
 //! uiommu-iommufd: the `/dev/iommu` object model (in progress).
 #![deny(unsafe_code)]
 pub mod abi;
+pub mod ctx;
 pub mod errno;
 pub mod failpoint;
 pub mod io_pagetable;
