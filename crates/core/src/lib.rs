@@ -11,6 +11,55 @@
 //! [`DomainOps`].
 //!
 //! Start at [`IommuCore`]; the driver interface is in [`driver`].
+//!
+//! # Example
+//! A driver with one instance, and two devices: one whose firmware names the instance's
+//! fwnode, one that no firmware table mentions.
+//! ```
+//! use std::any::Any;
+//! use std::sync::Arc;
+//! use uiommu_core::*;
+//!
+//! #[derive(Debug)]
+//! struct Passthrough;
+//!
+//! #[derive(Debug)]
+//! struct Nothing;
+//!
+//! impl DomainOps for Nothing {
+//!     fn as_any(&self) -> &dyn Any {
+//!         self
+//!     }
+//! }
+//!
+//! impl IommuOps for Passthrough {
+//!     fn name(&self) -> &str {
+//!         "passthrough"
+//!     }
+//!     // No "is this my device?" check: the core only routes devices firmware gave us.
+//!     fn probe_device(&self, dev: &DeviceInfo<'_>) -> Result<InstanceId> {
+//!         dev.iommu.ok_or(CoreError::NoDevice)
+//!     }
+//!     fn domain_alloc(&self, _: &DeviceInfo<'_>, _: DomainRequest<'_>) -> Result<Box<dyn DomainOps>> {
+//!         Ok(Box::new(Nothing))
+//!     }
+//! }
+//!
+//! let core = IommuCore::new(CoreConfig {
+//!     default_domain: DefaultDomainPolicy::Passthrough,
+//!     ..CoreConfig::default()
+//! });
+//! let node = FwNode::new("/soc/iommu@1000");
+//! let spec = Fwspec { fwnode: node.clone(), ids: vec![7] };
+//! // The device comes first: it waits for its IOMMU (EPROBE_DEFER).
+//! let nic = core.add_device(DeviceDesc::platform("nic"), Some(spec)).unwrap();
+//! assert_eq!(core.probe_state(nic).unwrap(), ProbeState::Deferred);
+//! let iommu = core.register("iommu0", Some(node), Arc::new(Passthrough)).unwrap();
+//! let uart = core.add_device(DeviceDesc::platform("uart"), None).unwrap();
+//! assert!(matches!(core.probe_state(nic).unwrap(), ProbeState::Bound { instance, .. } if instance == iommu));
+//! assert_eq!(core.default_domain(nic).unwrap().ty(), DomainType::Identity);
+//! assert_eq!(core.probe_state(uart).unwrap(), ProbeState::NoIommu);
+//! ```
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
