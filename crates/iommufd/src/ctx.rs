@@ -18,28 +18,39 @@
 //! documents its own. Ioctls of one context run concurrently.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use uiommu_core::IommuCore;
 
 use crate::abi::*;
 use crate::errno::Errno;
+use crate::ioas::{self, Ioas};
 use crate::ioctl::{op, IoctlOp, IoctlTable, Ucmd};
-use crate::object::{ObjId, ObjectTable};
-use crate::pages::MemlockPolicy;
+use crate::object::{ObjId, ObjectTable, WeakRef};
+use crate::option;
+use crate::pages::{MemlockPolicy, RlimitMode};
 use crate::process_memory::{ProcessLimits, ProcessMemory};
 use crate::user_memory::UserMemory;
+use crate::vfio_compat;
 
 /// The `/dev/iommu` device: the IOMMU core its contexts bind devices from.
 #[derive(Debug)]
 pub struct Iommufd {
     core: Arc<IommuCore>,
+    /// The test driver answering `IOMMU_TEST_CMD`, see [`crate::selftest`]; set once.
+    pub(crate) selftest: crate::selftest::HookSlot,
+    /// Where files returned by ioctls get their numbers, see [`crate::file`]; set once.
+    pub(crate) files: crate::file::InstallerSlot,
 }
 
 impl Iommufd {
     /// A `/dev/iommu` over `core`.
     pub fn new(core: Arc<IommuCore>) -> Arc<Iommufd> {
-        Arc::new(Iommufd { core })
+        Arc::new(Iommufd {
+            core,
+            selftest: Default::default(),
+            files: Default::default(),
+        })
     }
 
     /// The IOMMU core.
@@ -49,9 +60,22 @@ impl Iommufd {
 
     /// Open a new context (`iommufd_fops_open()`).
     pub fn open(self: &Arc<Self>) -> Arc<IommufdCtx> {
+        self.open_with_mode(RlimitMode::User)
+    }
+
+    /// Open a new context as `/dev/vfio/vfio` (`iommufd_fops_open()` on the VFIO container
+    /// node): the same file, but pins are charged per address space, as VFIO charges them.
+    pub fn open_vfio(self: &Arc<Self>) -> Arc<IommufdCtx> {
+        self.open_with_mode(RlimitMode::Mm)
+    }
+
+    fn open_with_mode(self: &Arc<Self>, rlimit_mode: RlimitMode) -> Arc<IommufdCtx> {
         Arc::new(IommufdCtx {
             iommufd: self.clone(),
             objects: ObjectTable::new(),
+            rlimit_mode: Mutex::new(rlimit_mode),
+            vfio_ioas: Mutex::new(None),
+            device_groups: crate::device::GroupTable::new(),
         })
     }
 }
@@ -63,9 +87,20 @@ pub struct Caller {
     pub memory: Arc<dyn UserMemory>,
     /// The caller's `CAP_IPC_LOCK` and `RLIMIT_MEMLOCK`.
     pub limits: Arc<dyn MemlockPolicy>,
+    /// `capable(CAP_SYS_RESOURCE)`: may change the context's RLIMIT_MODE.
+    pub cap_sys_resource: bool,
 }
 
 impl Caller {
+    /// A caller with `memory` and `limits` and no `CAP_SYS_RESOURCE`.
+    pub fn new(memory: Arc<dyn UserMemory>, limits: Arc<dyn MemlockPolicy>) -> Caller {
+        Caller {
+            memory,
+            limits,
+            cap_sys_resource: false,
+        }
+    }
+
     /// The calling process itself.
     ///
     /// # Errors
@@ -76,8 +111,23 @@ impl Caller {
         Ok(Caller {
             memory: Arc::new(memory),
             limits: Arc::new(limits),
+            cap_sys_resource: has_effective_cap(CAP_SYS_RESOURCE)?,
         })
     }
+}
+
+/// `CAP_SYS_RESOURCE`'s bit in the capability sets.
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether this process has capability `cap` in its effective set (`/proc/self/status`).
+fn has_effective_cap(cap: u32) -> io::Result<bool> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let caps = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|value| u64::from_str_radix(value.trim(), 16).ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CapEff in status"))?;
+    Ok(caps & (1 << cap) != 0)
 }
 
 /// One open `/dev/iommu` (Linux `struct iommufd_ctx`).
@@ -85,6 +135,15 @@ impl Caller {
 pub struct IommufdCtx {
     iommufd: Arc<Iommufd>,
     objects: ObjectTable,
+    /// `IOMMU_OPTION_RLIMIT_MODE` (`ictx->account_mode`), see [`crate::option`]: taken before
+    /// the object table's mutex.
+    pub(crate) rlimit_mode: Mutex<RlimitMode>,
+    /// The VFIO compat IOAS (`ictx->vfio_ioas`), named without a reference, see
+    /// [`crate::vfio_compat`]: taken before the object table's mutex.
+    pub(crate) vfio_ioas: Mutex<Option<WeakRef<Ioas>>>,
+    /// The IOMMU groups of bound devices (`ictx->groups`) and the context's DMA owner token,
+    /// see [`crate::device`]: its mutex is a leaf.
+    pub(crate) device_groups: crate::device::GroupTable,
 }
 
 /// One ioctl in flight: the dispatch table's context.
@@ -129,12 +188,74 @@ fn destroy(call: &Call, ucmd: &mut Ucmd<'_, IommuDestroy>) -> Result<(), Errno> 
     call.ctx.objects.destroy(ObjId(ucmd.cmd.id))
 }
 
-/// The VFIO type1 compatibility numbers; none are served yet.
-fn vfio_compat(_: &Call, _: &dyn UserMemory, _cmd: u32, _arg: u64) -> Result<i32, Errno> {
-    Err(Errno::ENOTTY)
-}
-
 /// Every ioctl of `/dev/iommu`, one row each: number, handler, struct, last mandatory field.
-static OPS: &[IoctlOp<Call>] = &[op!(IOMMU_DESTROY, destroy, IommuDestroy, id)];
+static OPS: &[IoctlOp<Call>] = &[
+    op!(IOMMU_DESTROY, destroy, IommuDestroy, id),
+    op!(IOMMU_IOAS_ALLOC, ioas::alloc, IommuIoasAlloc, out_ioas_id),
+    op!(
+        IOMMU_IOAS_ALLOW_IOVAS,
+        ioas::allow_iovas,
+        IommuIoasAllowIovas,
+        allowed_iovas
+    ),
+    op!(IOMMU_IOAS_COPY, ioas::copy, IommuIoasCopy, src_iova),
+    op!(
+        IOMMU_IOAS_IOVA_RANGES,
+        ioas::iova_ranges,
+        IommuIoasIovaRanges,
+        out_iova_alignment
+    ),
+    op!(IOMMU_IOAS_MAP, ioas::map, IommuIoasMap, iova),
+    op!(IOMMU_IOAS_UNMAP, ioas::unmap, IommuIoasUnmap, length),
+    op!(IOMMU_OPTION, option::option, IommuOption, val64),
+    op!(
+        IOMMU_VFIO_IOAS,
+        vfio_compat::vfio_ioas,
+        IommuVfioIoas,
+        reserved
+    ),
+    op!(
+        IOMMU_HWPT_ALLOC,
+        crate::hwpt::alloc,
+        IommuHwptAlloc,
+        reserved
+    ),
+    op!(
+        IOMMU_GET_HW_INFO,
+        crate::device::get_hw_info,
+        IommuHwInfo,
+        reserved
+    ),
+    op!(
+        IOMMU_HWPT_SET_DIRTY_TRACKING,
+        crate::hwpt::set_dirty_tracking,
+        IommuHwptSetDirtyTracking,
+        reserved
+    ),
+    op!(
+        IOMMU_HWPT_GET_DIRTY_BITMAP,
+        crate::hwpt::get_dirty_bitmap,
+        IommuHwptGetDirtyBitmap,
+        data
+    ),
+    op!(
+        IOMMU_HWPT_INVALIDATE,
+        crate::hwpt::invalidate,
+        IommuHwptInvalidate,
+        reserved
+    ),
+    op!(
+        IOMMU_FAULT_QUEUE_ALLOC,
+        crate::fault::alloc,
+        IommuFaultAlloc,
+        out_fault_fd
+    ),
+    op!(
+        IOMMU_TEST_CMD,
+        crate::selftest::test_cmd,
+        IommuTestCmd,
+        last
+    ),
+];
 
-static TABLE: IoctlTable<Call> = IoctlTable::new(OPS, vfio_compat);
+static TABLE: IoctlTable<Call> = IoctlTable::new(OPS, vfio_compat::ioctl);

@@ -743,6 +743,15 @@ impl IoPagetable {
         read(&self.domains).domains.len()
     }
 
+    /// The page sizes every attached domain supports: the AND of their bitmaps, all ones with
+    /// no domain (the start of VFIO compat's `iommufd_get_pagesizes()`).
+    pub fn domains_pgsize_bitmap(&self) -> u64 {
+        read(&self.domains)
+            .domains
+            .iter()
+            .fold(u64::MAX, |bitmap, domain| bitmap & domain.pgsize_bitmap())
+    }
+
     /// A snapshot of the published areas, in IOVA order.
     pub fn areas(&self) -> Vec<AreaInfo> {
         read(&self.iova)

@@ -306,13 +306,15 @@ impl UserMemory for ProcessMemory {
     }
 }
 
-/// The pinning policy of a real process: `CAP_IPC_LOCK` and the real uid from
-/// `/proc/PID/status`, `RLIMIT_MEMLOCK` from `prlimit`, each read when asked, and the
-/// process-wide [`LockedVm`] counters of that user and address space.
+/// The pinning policy of a real process: the real uid and `CAP_IPC_LOCK` from
+/// `/proc/PID/status`, read once when the policy is made (re-reading the file at every MAP
+/// cost 20 µs, most of a MAP), `RLIMIT_MEMLOCK` from `prlimit` at every charge as the kernel
+/// does, and the process-wide [`LockedVm`] counters of that user and address space.
 #[derive(Debug, Clone)]
 pub struct ProcessLimits {
     mm: MmId,
     uid: u32,
+    cap_ipc_lock: bool,
 }
 
 /// `CAP_IPC_LOCK`'s bit in the capability sets.
@@ -340,15 +342,20 @@ impl ProcessLimits {
                     .and_then(|real| real.parse().ok())
             })
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no Uid in status"))?;
-        Ok(ProcessLimits { mm, uid })
+        let cap_ipc_lock = status_field(mm.pid, "CapEff:")
+            .and_then(|caps| u64::from_str_radix(&caps, 16).ok())
+            .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0);
+        Ok(ProcessLimits {
+            mm,
+            uid,
+            cap_ipc_lock,
+        })
     }
 }
 
 impl MemlockPolicy for ProcessLimits {
     fn has_cap_ipc_lock(&self) -> bool {
-        status_field(self.mm.pid, "CapEff:")
-            .and_then(|caps| u64::from_str_radix(&caps, 16).ok())
-            .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+        self.cap_ipc_lock
     }
 
     fn memlock_limit(&self) -> u64 {

@@ -14,6 +14,8 @@ use uiommu_core::{
     Aperture, CoreError, DeviceInfo, Domain, DomainOps, Iova, PhysAddr, Prot, Result,
 };
 
+use uiommu_iommufd::failpoint::{should_fail, FailSite};
+
 use crate::driver::{DeviceTable, MockDeviceFlags};
 
 use crate::{
@@ -139,6 +141,10 @@ impl DomainOps for MockPagingDomain {
         pgcount: u64,
         _prot: Prot,
     ) -> (u64, Result<()>) {
+        // The kernel's own fault point here (its xarray retries allocations): ENOENT.
+        if should_fail(FailSite::DomainMap) {
+            return (0, Err(CoreError::NotFound));
+        }
         let pages = pgcount.saturating_mul(pgsize / MOCK_IO_PAGE_SIZE);
         let first = iova.0 / MOCK_IO_PAGE_SIZE;
         let mut table = self.table();

@@ -6,17 +6,20 @@
 //! discussion, Linux 6.18). So the core routes mock devices to the mock driver and nothing else
 //! to it, and the driver needs no "is this a mock device?" check.
 //!
-//! The crate knows the core's driver interface and nothing of iommufd's objects; the
-//! `IOMMU_TEST_CMD` handlers that inspect mock domains reach them through
-//! [`DomainOps::as_any`](uiommu_core::DomainOps::as_any).
+//! The driver knows only the core's driver interface. The `IOMMU_TEST_CMD` handlers
+//! ([`MockSelftest`]) are iommufd's test hook and use iommufd's public test API; they reach mock
+//! domains through [`DomainOps::as_any`](uiommu_core::DomainOps::as_any). iommufd does not
+//! depend on this crate.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 mod domain;
 mod driver;
+mod selftest;
 
 pub use domain::{MockNestedDomain, MockPagingDomain, PageTableEntry};
 pub use driver::{MockDeviceFlags, MockIommu};
+pub use selftest::{temp_memory_limit, MockSelftest, SelftestAccess, SelftestDevice};
 
 /// The mock's smallest IO page: half a CPU page, so iommufd's page-size handling is exercised.
 pub const MOCK_IO_PAGE_SIZE: u64 = 2048;
