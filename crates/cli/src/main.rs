@@ -1,7 +1,8 @@
 //! `uiommu`: the command line of uiommu.
 //!
 //! `uiommu probe` builds a platform (the embedded default or a TOML file), routes its devices
-//! through the IOMMU core to their drivers, and prints the topology.
+//! through the IOMMU core to their drivers, and prints the topology. `uiommu run` runs a
+//! program with uiommu's `/dev/iommu` (see [`run`]).
 #![deny(unsafe_code)]
 
 use std::path::PathBuf;
@@ -10,6 +11,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use uiommu::probe;
 use uiommu_core::{DefaultDomainPolicy, ProbePolicy};
+
+mod run;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -26,6 +29,8 @@ struct Cli {
 enum Command {
     /// Build a platform, probe every device and print who serves it.
     Probe(ProbeArgs),
+    /// Run a program with uiommu's /dev/iommu (LD_PRELOAD of libuiommu_preload.so).
+    Run(run::RunArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Probe(args) => run_probe(args),
+        Command::Run(args) => return run::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

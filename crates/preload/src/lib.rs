@@ -1,0 +1,56 @@
+//! uiommu-preload: an `LD_PRELOAD` library that gives unmodified programs uiommu's
+//! `/dev/iommu` (Linux `drivers/iommu/iommufd/main.c` as seen from user space).
+//!
+//! The library interposes the libc calls a program uses to reach a character device (`open`
+//! and its fortified and LFS variants, `close`, `dup*`, `fcntl`, `ioctl`, `read`/`write` and
+//! their positional and fortified variants, `close_range`, `closefrom`, `opendir`). Opening `/dev/iommu`
+//! returns an *emulated file*: a real kernel file descriptor (the write end of a pipe) whose
+//! ioctls are served by uiommu's iommufd engine over an in-process IOMMU core with the mock
+//! driver registered. Every other call goes to the real libc untouched.
+//!
+//! What the crate owns, and where:
+//! * [`fdtable`]: which descriptor numbers are emulated, and the library's own private
+//!   descriptors (kept out of the program's way).
+//! * [`files`]: emulated files, their pipes, and release on last close (the pipe trick).
+//! * [`home`]: the emulated platform, and how a forked child keeps using its parent's files
+//!   (the "home server").
+//! * [`fault`]: fail-nth emulation (`/proc/.../fail-nth` and the debugfs knobs).
+//! * [`shim`]: the routing decisions behind every interposed call, in safe code.
+//! * `exports` (built only into the library, not its unit tests), [`real`] and [`sys`]: the
+//!   only modules with unsafe code — the exported C symbols, the pass-through to the next
+//!   definition of each symbol, and the raw system calls the library makes for itself.
+//!
+//! What it must not know: IOMMU semantics. It holds no IOMMU logic; it turns libc calls into
+//! calls of [`uiommu_iommufd::ctx::IommufdCtx::ioctl`] and results into `errno`.
+//!
+//! # Environment
+//! The variables below are read once; [`ENV_LOG`] is the only output the library ever writes
+//! (programs under test print TAP on stdout and stderr).
+//!
+//! Lock order (each lock is documented where it is declared): `files::RELEASE` →
+//! `home::ROLE` → `home::CONNECTION` → `files::REGISTRY` → `fdtable::TABLE` →
+//! `fdtable::PRIVATE` → `fault::THREADS`. The fork handlers take all of them in this order.
+//! The file installer's reservation table (`home::Installer`) is a leaf outside this order: a
+//! fork child never uses it.
+
+pub mod fault;
+pub mod fdtable;
+pub mod files;
+pub mod home;
+pub mod log;
+pub mod real;
+pub mod shim;
+pub mod sys;
+
+#[cfg(not(test))]
+mod exports;
+
+/// Path of a file the library appends its diagnostics to; unset means no logging.
+pub const ENV_LOG: &str = "UIOMMU_PRELOAD_LOG";
+/// `1` enables fail-nth emulation: `/proc/.../fail-nth` files drive the engine's countdown and
+/// `/sys/kernel/debug` is redirected to a private directory.
+pub const ENV_FAULT_INJECTION: &str = "UIOMMU_FAULT_INJECTION";
+/// The directory standing in for `/sys/kernel/debug` under fault injection. When unset the
+/// library creates `$TMPDIR/uiommu-debugfs-PID` (or under `/tmp`) and leaves it behind;
+/// `uiommu run` sets it to a directory it removes afterwards.
+pub const ENV_DEBUGFS_DIR: &str = "UIOMMU_DEBUGFS_DIR";

@@ -1,0 +1,365 @@
+//! The routing decision behind every interposed call, in safe code.
+//!
+//! Each function takes the call's arguments as plain integers (addresses stay numbers: the
+//! program's memory is only reached through [`crate::sys::read_user`] and friends) and returns
+//! an [`Outcome`]: leave the call to libc, give libc a different path, or the emulated result.
+//! Calls on emulated descriptors are answered entirely here with raw system calls on the pipe,
+//! so libc never sees an emulated descriptor except for the generic descriptor operations the
+//! kernel itself performs before reaching a driver (`FIOCLEX`, `FIONBIO`, `F_SETFD`, ...).
+
+use std::ffi::CString;
+use std::sync::atomic::Ordering;
+
+use uiommu_iommufd::errno::Errno;
+
+use crate::fault::{self, FailNthPath};
+use crate::fdtable::{self, Target};
+use crate::files::{self, AccessMode, FileKind};
+use crate::home::{self, Direction, Node};
+use crate::sys::{self, SysResult};
+
+/// What to do with an interposed call.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Not ours: call the real function with the program's arguments.
+    Pass,
+    /// Call the real function with this path instead of the program's.
+    Redirect(CString),
+    /// Emulated: return this (a negative result becomes `-1` and `errno`).
+    Done(SysResult<i64>),
+}
+
+/// `PATH_MAX`: longer paths are left to the kernel to refuse.
+const PATH_MAX: usize = 4096;
+
+/// The emulated character devices.
+const DEV_IOMMU: &[u8] = b"/dev/iommu";
+const DEV_VFIO_CONTAINER: &[u8] = b"/dev/vfio/vfio";
+
+/// `open`/`openat` and variants. `dirfd` is `None` for `open`.
+pub fn open(dirfd: Option<i32>, path: usize, flags: i32) -> Outcome {
+    let _ = dirfd; // Relative paths are never ours: an emulated path is absolute.
+    let Ok(path) = sys::read_user_cstr(path, PATH_MAX) else {
+        return Outcome::Pass;
+    };
+    if !path.starts_with(b"/") {
+        return Outcome::Pass;
+    }
+    let node = match path.as_slice() {
+        DEV_IOMMU => Some(Node::Iommu),
+        DEV_VFIO_CONTAINER => Some(Node::VfioContainer),
+        _ => None,
+    };
+    if let Some(node) = node {
+        let opened = open_char_device(flags).and_then(|flags| home::open_iommufd(node, flags));
+        return Outcome::Done(opened.map(i64::from));
+    }
+    if !fault::enabled() {
+        return Outcome::Pass;
+    }
+    match fault::parse_fail_nth_path(&path, sys::getpid(), sys::gettid()) {
+        Some(FailNthPath::Own(task)) => Outcome::Done(open_fail_nth(task, flags).map(i64::from)),
+        Some(FailNthPath::Foreign) => Outcome::Done(Err(sys::EACCES)),
+        None => match fault::debugfs_redirect(&path) {
+            Some(redirected) => Outcome::Redirect(redirected),
+            None => Outcome::Pass,
+        },
+    }
+}
+
+/// The checks the VFS makes before a character device's `open`: flags that cannot apply to
+/// an existing device node.
+fn open_char_device(flags: i32) -> SysResult<i32> {
+    if flags & libc::O_CREAT != 0 && flags & libc::O_EXCL != 0 {
+        return Err(Errno::EEXIST);
+    }
+    if flags & libc::O_DIRECTORY != 0 {
+        return Err(sys::ENOTDIR);
+    }
+    Ok(flags)
+}
+
+fn open_fail_nth(task: fault::Task, flags: i32) -> SysResult<i32> {
+    fault::register_current_thread();
+    if !fault::task_exists(task) {
+        return Err(Errno::ENOENT);
+    }
+    if flags & libc::O_DIRECTORY != 0 {
+        return Err(sys::ENOTDIR);
+    }
+    let (write_end, file) = files::create(FileKind::FailNth(task), AccessMode::from_flags(flags))?;
+    let fd = match files::place_lowest(write_end, flags & libc::O_CLOEXEC != 0) {
+        Ok(fd) => fd,
+        Err(err) => {
+            let id = file.id;
+            drop(file);
+            files::release_if_unheld(id);
+            return Err(err);
+        }
+    };
+    home::install(fd, Target::Local(file))
+}
+
+/// `opendir(name)`: only the debugfs redirect.
+pub fn opendir(name: usize) -> Outcome {
+    if !fault::enabled() {
+        return Outcome::Pass;
+    }
+    match sys::read_user_cstr(name, PATH_MAX)
+        .ok()
+        .and_then(|path| fault::debugfs_redirect(&path))
+    {
+        Some(redirected) => Outcome::Redirect(redirected),
+        None => Outcome::Pass,
+    }
+}
+
+/// The emulated file behind `fd`, releasing a stale entry found on the way.
+fn emulated(fd: i32) -> Option<Target> {
+    let (found, stale) = fdtable::lookup(fd);
+    home::release(stale);
+    found
+}
+
+/// `close(fd)`.
+pub fn close(fd: i32) -> Outcome {
+    if !fdtable::active() {
+        return Outcome::Pass;
+    }
+    if fdtable::is_private(fd) {
+        // Not the program's descriptor: to the program it is not open.
+        return Outcome::Done(Err(Errno::EBADF));
+    }
+    if emulated(fd).is_none() {
+        return Outcome::Pass;
+    }
+    let target = fdtable::remove(fd);
+    let closed = sys::close(fd);
+    home::release(target);
+    Outcome::Done(closed.map(|()| 0))
+}
+
+/// `close_range(first, last, flags)`: the library's own descriptors in the range are skipped,
+/// emulated ones released.
+pub fn close_range(first: u32, last: u32, flags: i32) -> Outcome {
+    let known = (libc::CLOSE_RANGE_CLOEXEC | libc::CLOSE_RANGE_UNSHARE) as i32;
+    if !fdtable::active() || first > last || flags & !known != 0 {
+        return Outcome::Pass;
+    }
+    let private = fdtable::private_in_range(first, last);
+    let only_mark = flags & libc::CLOSE_RANGE_CLOEXEC as i32 != 0;
+    let released = if only_mark {
+        Vec::new()
+    } else {
+        fdtable::remove_range(first, last)
+    };
+    if private.is_empty() && released.is_empty() {
+        return Outcome::Pass;
+    }
+    let mut result = Ok(());
+    let mut start = u64::from(first);
+    for hole in private.into_iter().map(|fd| fd as u64) {
+        if start < hole {
+            result = result.and(sys::close_range(
+                start as u32,
+                (hole - 1) as u32,
+                flags as u32,
+            ));
+        }
+        start = hole + 1;
+    }
+    if start <= u64::from(last) {
+        result = result.and(sys::close_range(start as u32, last, flags as u32));
+    }
+    for (_, target) in released {
+        home::release(Some(target));
+    }
+    Outcome::Done(result.map(|()| 0))
+}
+
+/// `dup(fd)`.
+pub fn dup(fd: i32) -> Outcome {
+    if !fdtable::active() {
+        return Outcome::Pass;
+    }
+    let Some(target) = emulated(fd) else {
+        return Outcome::Pass;
+    };
+    Outcome::Done(
+        sys::dup(fd)
+            .and_then(|new| home::install(new, target))
+            .map(i64::from),
+    )
+}
+
+/// `dup2(old, new)` (`flags == None`) or `dup3(old, new, flags)`.
+pub fn dup3(old: i32, new: i32, flags: Option<i32>) -> Outcome {
+    if !fdtable::active() {
+        return Outcome::Pass;
+    }
+    let source = emulated(old);
+    let replaced = emulated(new).is_some();
+    let private = fdtable::is_private(new);
+    if source.is_none() && !replaced && !private {
+        return Outcome::Pass;
+    }
+    if old == new {
+        // dup2 checks `old` and returns it; dup3 refuses. Neither changes anything.
+        return match flags {
+            None => Outcome::Pass,
+            Some(_) => Outcome::Done(Err(Errno::EINVAL)),
+        };
+    }
+    if private {
+        if let Err(err) = fdtable::evict(new) {
+            return Outcome::Done(Err(err));
+        }
+    }
+    let duplicated = match sys::dup3(old, new, flags.unwrap_or(0)) {
+        Ok(fd) => fd,
+        Err(err) => return Outcome::Done(Err(err)),
+    };
+    let previous = fdtable::remove(duplicated);
+    let result = match source {
+        Some(target) => home::install(duplicated, target),
+        None => Ok(duplicated),
+    };
+    home::release(previous);
+    Outcome::Done(result.map(i64::from))
+}
+
+/// `fcntl(fd, cmd, arg)`: duplication and `F_GETFL` of emulated descriptors.
+pub fn fcntl(fd: i32, cmd: i32, arg: usize) -> Outcome {
+    if !fdtable::active() || !matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC | libc::F_GETFL) {
+        return Outcome::Pass;
+    }
+    let Some(target) = emulated(fd) else {
+        return Outcome::Pass;
+    };
+    let result = if cmd == libc::F_GETFL {
+        // The pipe says O_WRONLY; the program opened the device with its own access mode.
+        sys::fcntl(fd, libc::F_GETFL, 0)
+            .map(|flags| (flags & !libc::O_ACCMODE) | target.mode().flags())
+    } else {
+        sys::fcntl(fd, cmd, arg as libc::c_long).and_then(|new| home::install(new, target))
+    };
+    Outcome::Done(result.map(i64::from))
+}
+
+/// `ioctl` requests the VFS answers for every file before the driver sees the call.
+const GENERIC_IOCTLS: [u32; 4] = [
+    libc::FIOCLEX as u32,
+    libc::FIONCLEX as u32,
+    libc::FIONBIO as u32,
+    libc::FIOASYNC as u32,
+];
+
+/// `ioctl(fd, request, arg)`. The request is truncated to 32 bits, as the kernel's
+/// `unsigned int cmd` is.
+pub fn ioctl(fd: i32, request: u64, arg: usize) -> Outcome {
+    if !fdtable::active() {
+        return Outcome::Pass;
+    }
+    let Some(target) = emulated(fd) else {
+        return Outcome::Pass;
+    };
+    let cmd = request as u32;
+    if GENERIC_IOCTLS.contains(&cmd) {
+        return Outcome::Pass;
+    }
+    Outcome::Done(home::ioctl(&target, cmd, arg as u64))
+}
+
+/// `read`/`pread` (`offset` given) into the program's `buf`.
+pub fn read(fd: i32, buf: usize, count: usize, offset: Option<i64>) -> Outcome {
+    if !fdtable::active() {
+        return Outcome::Pass;
+    }
+    let Some(target) = emulated(fd) else {
+        return Outcome::Pass;
+    };
+    Outcome::Done(read_file(&target, buf, count, offset))
+}
+
+fn read_file(target: &Target, buf: usize, count: usize, offset: Option<i64>) -> SysResult<i64> {
+    if !target.mode().read {
+        return Err(Errno::EBADF);
+    }
+    if offset.is_some_and(|o| o < 0) {
+        return Err(Errno::EINVAL);
+    }
+    let file = match target {
+        Target::Local(file) if matches!(file.kind, FileKind::FailNth(_)) => file,
+        // iommufd has no read method (EINVAL); handed-out files have their own.
+        _ => {
+            return home::file_io(
+                target,
+                Direction::Read,
+                buf,
+                count,
+                offset.map(|o| o as u64),
+            )
+        }
+    };
+    let FileKind::FailNth(task) = &file.kind else {
+        return Err(Errno::EINVAL);
+    };
+    fault::register_current_thread();
+    let text = fault::format_value(fault::get(*task));
+    let position = offset.map_or_else(|| file.position.load(Ordering::Acquire), |o| o as u64);
+    let Some(available) = usize::try_from(position).ok().and_then(|p| text.get(p..)) else {
+        return Ok(0);
+    };
+    let n = available.len().min(count);
+    sys::write_user(buf, &available[..n])?;
+    if offset.is_none() {
+        file.position.store(position + n as u64, Ordering::Release);
+    }
+    Ok(n as i64)
+}
+
+/// `write`/`pwrite` from the program's `buf`. The position is irrelevant to every emulated
+/// file (`proc_fail_nth_write()` ignores it), but a negative one is still refused.
+pub fn write(fd: i32, buf: usize, count: usize, offset: Option<i64>) -> Outcome {
+    if !fdtable::active() {
+        return Outcome::Pass;
+    }
+    let Some(target) = emulated(fd) else {
+        return Outcome::Pass;
+    };
+    Outcome::Done(write_file(&target, buf, count, offset))
+}
+
+fn write_file(target: &Target, buf: usize, count: usize, offset: Option<i64>) -> SysResult<i64> {
+    if !target.mode().write {
+        return Err(Errno::EBADF);
+    }
+    if offset.is_some_and(|o| o < 0) {
+        return Err(Errno::EINVAL);
+    }
+    let file = match target {
+        Target::Local(file) if matches!(file.kind, FileKind::FailNth(_)) => file,
+        _ => {
+            return home::file_io(
+                target,
+                Direction::Write,
+                buf,
+                count,
+                offset.map(|o| o as u64),
+            )
+        }
+    };
+    let FileKind::FailNth(task) = &file.kind else {
+        return Err(Errno::EINVAL);
+    };
+    fault::register_current_thread();
+    let mut text = [0u8; 34];
+    let len = count.min(text.len());
+    sys::read_user(buf, &mut text[..len])?;
+    let value = fault::parse_value(&text[..len])?;
+    if !fault::task_exists(*task) {
+        return Err(Errno::ESRCH);
+    }
+    fault::set(*task, value);
+    Ok(count as i64)
+}

@@ -1,0 +1,286 @@
+//! The preload library, loaded into real programs: the `ioas_client` example (written against
+//! cloud-hypervisor's `iommufd-ioctls`), the `fd_semantics` example's checks, and a C program
+//! built with glibc's fortify and LFS redirections.
+//!
+//! The library and the examples are found next to this test's executable
+//! (`target/<profile>/`). A plain `cargo test -p uiommu-preload` builds them, but a filtered one
+//! (`--test preload`) does not, so the first test to need them runs
+//! `cargo build -p uiommu-preload --lib --examples` for this profile (a no-op when up to date).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// `target/<profile>`: the parent of the `deps` directory holding this test.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Build the library and the examples once per test process.
+fn build_artifacts() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .args(["build", "-p", "uiommu-preload", "--lib", "--examples"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir()
+            .file_name()
+            .is_some_and(|name| name == "release")
+        {
+            cargo.arg("--release");
+        }
+        let out = cargo.output().expect("run cargo");
+        assert!(
+            out.status.success(),
+            "building uiommu-preload failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// The library built for this profile: the newest of the uplifted copy and the one in `deps`.
+fn library() -> PathBuf {
+    build_artifacts();
+    let dir = profile_dir();
+    [
+        dir.join("libuiommu_preload.so"),
+        dir.join("deps/libuiommu_preload.so"),
+    ]
+    .into_iter()
+    .filter_map(|path| {
+        let modified = path.metadata().ok()?.modified().ok()?;
+        Some((modified, path))
+    })
+    .max()
+    .map(|(_, path)| path)
+    .expect("libuiommu_preload.so is built by cargo test")
+}
+
+fn example(name: &str) -> PathBuf {
+    build_artifacts();
+    let path = profile_dir().join("examples").join(name);
+    assert!(path.exists(), "{} was built", path.display());
+    path
+}
+
+/// A private scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("uiommu-preload-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    dir
+}
+
+/// Run `program` with the library preloaded and the given extra environment.
+fn run_preloaded(program: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut command = Command::new(program);
+    command.args(args).env("LD_PRELOAD", library());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("run the program")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Run one `fd_semantics` check; it prints `ok NAME` on success.
+fn check(name: &str, env: &[(&str, &Path)]) {
+    let out = run_preloaded(&example("fd_semantics"), &[name], env);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l == format!("ok {name}")),
+        "check {name}: {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn ioas_client_allocates_maps_unmaps_and_destroys() {
+    let out = run_preloaded(&example("ioas_client"), &[], &[]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let expected = [
+        "opened /dev/iommu",
+        "allocated ioas 1",
+        "mapped 0x10000 bytes at iova 0x1000000",
+        "unmapped 0x10000 bytes",
+        "destroyed ioas 1",
+        "second destroy refused",
+    ];
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), expected);
+    assert_eq!(
+        text(&out.stderr),
+        "",
+        "the library writes nothing to stderr"
+    );
+}
+
+#[test]
+fn ioas_client_without_the_library_finds_no_device() {
+    if Path::new("/dev/iommu").exists() {
+        return; // A kernel iommufd would answer; nothing to show here.
+    }
+    let out = Command::new(example("ioas_client")).output().expect("run");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("open /dev/iommu"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn diagnostics_go_only_to_the_log_file() {
+    let dir = scratch("log");
+    let log = dir.join("preload.log");
+    let out = run_preloaded(
+        &example("ioas_client"),
+        &[],
+        &[("UIOMMU_PRELOAD_LOG", &log)],
+    );
+    assert!(out.status.success());
+    assert_eq!(text(&out.stderr), "");
+    let logged = std::fs::read_to_string(&log).expect("log written");
+    assert!(logged.contains("open Iommu: file 1"), "{logged}");
+    assert!(logged.contains("release file 1"), "{logged}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn dup_and_fcntl_duplicates_keep_the_context() {
+    check("dup-keeps-context", &[]);
+}
+
+#[test]
+fn close_on_exec_is_the_open_flag() {
+    check("cloexec", &[]);
+}
+
+#[test]
+fn last_close_releases_pins_synchronously() {
+    check("last-close-releases", &[]);
+}
+
+#[test]
+fn exit_of_the_last_holder_releases_before_waitpid_returns() {
+    check("fork-child-exit-releases", &[]);
+}
+
+#[test]
+fn unknown_ioctls_are_enotty() {
+    check("unknown-ioctl", &[]);
+}
+
+#[test]
+fn destroy_with_a_null_argument_is_efault() {
+    check("destroy-null-efault", &[]);
+}
+
+#[test]
+fn other_files_are_untouched() {
+    check("other-files", &[]);
+}
+
+#[test]
+fn a_fork_child_shares_the_context() {
+    check("fork-shares-context", &[]);
+}
+
+#[test]
+fn numbers_are_lowest_free_and_private_descriptors_stay_hidden() {
+    check("numbers", &[]);
+}
+
+#[test]
+fn access_fds_are_real_descriptors() {
+    check("access-fd", &[]);
+}
+
+#[test]
+fn a_fork_child_reads_ioctls_and_closes_handed_out_files_remotely() {
+    check("fork-child-uses-handed-out-files", &[]);
+}
+
+#[test]
+fn the_vfio_container_node_is_an_iommufd() {
+    check("vfio-container", &[]);
+}
+
+#[test]
+fn wild_pointers_are_efault_not_crashes() {
+    check("wild-pointers", &[]);
+}
+
+#[test]
+fn fail_nth_files_drive_the_engine_countdown() {
+    let dir = scratch("failnth");
+    check(
+        "fail-nth",
+        &[
+            ("UIOMMU_FAULT_INJECTION", Path::new("1")),
+            ("UIOMMU_DEBUGFS_DIR", &dir),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_fork_child_s_countdown_travels_with_its_requests() {
+    let dir = scratch("failnth-child");
+    check(
+        "fail-nth-in-child",
+        &[
+            ("UIOMMU_FAULT_INJECTION", Path::new("1")),
+            ("UIOMMU_DEBUGFS_DIR", &dir),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn debugfs_is_redirected_to_a_private_directory() {
+    let dir = scratch("debugfs");
+    check(
+        "debugfs-redirect",
+        &[
+            ("UIOMMU_FAULT_INJECTION", Path::new("1")),
+            ("UIOMMU_DEBUGFS_DIR", &dir),
+        ],
+    );
+    let knob = std::fs::read_to_string(dir.join("failslab/ignore-gfp-wait")).expect("knob");
+    assert_eq!(knob, "N");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn fortified_and_lfs_symbols_are_served() {
+    let dir = scratch("fortified");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/fortified.c");
+    let binary = dir.join("fortified");
+    let compiled = Command::new("cc")
+        .args(["-O2", "-D_FORTIFY_SOURCE=2", "-D_FILE_OFFSET_BITS=64", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .output()
+        .expect("run cc (Rust links with it, so it is installed)");
+    assert!(compiled.status.success(), "{}", text(&compiled.stderr));
+    let out = run_preloaded(
+        &binary,
+        &[],
+        &[
+            ("UIOMMU_FAULT_INJECTION", Path::new("1")),
+            ("UIOMMU_DEBUGFS_DIR", &dir),
+        ],
+    );
+    assert_eq!(text(&out.stdout), "ok\n", "stderr: {}", text(&out.stderr));
+    assert!(out.status.success());
+    let _ = std::fs::remove_dir_all(dir);
+}
