@@ -1,4 +1,20 @@
-//! uiommu-iommufd: the `/dev/iommu` object model (in progress).
+//! uiommu-iommufd: `/dev/iommu`, as Linux's `drivers/iommu/iommufd/` is for the kernel.
+//!
+//! One entry point, [`ctx::IommufdCtx::ioctl`], takes an ioctl number and the address of the
+//! caller's struct and answers with Linux's exact semantics and errno order. Behind it:
+//! * the dispatcher and its one table ([`ioctl`], the table itself in [`ctx`]);
+//! * the object table with two-phase creation and two reference counts ([`object`]);
+//! * one module per object kind: [`ioas`], [`hwpt`], [`device`], [`access`], [`fault`], plus
+//!   [`option`], [`vfio_compat`] and the selftest hook [`selftest`];
+//! * the engines, ignorant of ioctls: [`io_pagetable`] (areas and IOVA allocation) and
+//!   [`pages`] (pinning and accounting);
+//! * the seams to the host: [`user_memory`] (the caller's memory; [`process_memory`] is the
+//!   in-process implementation) and [`file`](mod@file) (files such as fault queues that become fds);
+//! * [`abi`] (the uAPI structs), [`errno`], and [`failpoint`] (fail-nth fault injection).
+//!
+//! The crate is a client of the IOMMU core (`uiommu-core`): it binds devices, claims their DMA
+//! ownership and allocates domains only through it. It does not know the mock driver, which
+//! reaches it through [`selftest::SelftestHook`].
 #![deny(unsafe_code)]
 pub mod abi;
 pub mod access;
