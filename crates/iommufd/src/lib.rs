@@ -9,7 +9,8 @@
 //! * the engines, ignorant of ioctls: [`io_pagetable`] (areas and IOVA allocation) and
 //!   [`pages`] (pinning and accounting);
 //! * the seams to the host: [`user_memory`] (the caller's memory; [`process_memory`] is the
-//!   in-process implementation) and [`file`](mod@file) (files such as fault queues that become fds);
+//!   in-process implementation, [`shared_alias`] keeps its pinned shared pages reachable) and
+//!   [`file`](mod@file) (files such as fault queues that become fds);
 //! * [`abi`] (the uAPI structs), [`errno`], and [`failpoint`] (fail-nth fault injection).
 //!
 //! The crate is a client of the IOMMU core (`uiommu-core`): it binds devices, claims their DMA
@@ -33,5 +34,6 @@ pub mod option;
 pub mod pages;
 pub mod process_memory;
 pub mod selftest;
+pub mod shared_alias;
 pub mod user_memory;
 pub mod vfio_compat;

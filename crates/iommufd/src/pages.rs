@@ -18,9 +18,21 @@
 //!   counts its own users, as the kernel's `iopt_pages_access`.
 //!
 //! Coverage is a per-`Pages` counter over page-index ranges. When a page goes from uncovered to
-//! covered it is probed through [`UserMemory::probe`] (the `pin_user_pages` step), added to the
+//! covered it is pinned through [`UserMemory::pin`] (the `pin_user_pages` step), added to the
 //! process-wide pin table that `IOMMU_TEST_OP_MD_CHECK_REFS` reads ([`page_pin_count`]) and
 //! charged to `RLIMIT_MEMLOCK`; when it goes back to uncovered all three are undone.
+//!
+//! # Held pages
+//!
+//! A kernel pin holds the physical page, so a pinned page outlives the address space that
+//! mapped it. [`UserMemory::pin`] returns [`HeldPages`] for the pages it can hold that way
+//! (another process's shared memory, see [`crate::shared_alias`]); each `Pages` keeps them, per
+//! run of page indexes, exactly while those pages are pinned: a page's hold is split off and
+//! released when its last user goes. Copies (access reads and writes) go through the mapping
+//! address space while it lives, as the kernel's do, and through the holds once it is gone, as
+//! the kernel's `iopt_pages_rw_slow()` reads the pinned PFNs then; a page pinned but not held
+//! (a private mapping) then answers `EFAULT`, as an unpinned one does. The "PFN" stays the
+//! page's user VA either way.
 //!
 //! # Invariants
 //!
@@ -48,7 +60,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
 
 use crate::io_pagetable::IoptError;
-use crate::user_memory::{MmId, UserMemory, UserVa, PAGE_SIZE};
+use crate::user_memory::{
+    HeldPages, HeldRun, MmId, UserMemory, UserMemoryError, UserVa, PAGE_SIZE,
+};
 
 /// Names of the engine's fault-injection points, in the kernel's words. Each is a place where
 /// the kernel calls `iommufd_should_fail()` or allocates memory that fail-nth can refuse; the
@@ -481,6 +495,14 @@ struct Charge {
     account: Option<Arc<LockedVm>>,
 }
 
+/// Pinned pages held independently of their mapping: page indexes `[first, last]` (`first`
+/// is the key in [`PagesState::held`]), byte 0 of `pages` being page `first`.
+#[derive(Debug)]
+struct HeldSegment {
+    last: u64,
+    pages: Box<dyn HeldPages>,
+}
+
 #[derive(Debug, Default)]
 struct PagesState {
     /// Users of each page index: filled areas and access ranges.
@@ -489,6 +511,79 @@ struct PagesState {
     accesses: BTreeMap<Run, u32>,
     /// Pages currently pinned, all of them charged outside an open [`PinTxn`].
     npinned: u64,
+    /// Held runs of pinned pages by first page index, disjoint; every held page is pinned.
+    held: BTreeMap<u64, HeldSegment>,
+}
+
+impl PagesState {
+    /// Records the runs `memory.pin` returned for pages `[first, last]` of a `Pages` starting
+    /// at `uptr`, ignoring any run that is misaligned, empty or strays outside that range.
+    fn hold(&mut self, uptr: UserVa, first: u64, last: u64, runs: Vec<HeldRun>) {
+        for run in runs {
+            let offset = run.addr.0.wrapping_sub(uptr.0);
+            let npages = run.pages.npages();
+            let run_first = offset / PAGE_SIZE;
+            let inside = run.addr.0 >= uptr.0
+                && offset % PAGE_SIZE == 0
+                && npages != 0
+                && run_first >= first
+                && run_first
+                    .checked_add(npages - 1)
+                    .is_some_and(|run_last| run_last <= last);
+            let overlaps = |start: u64, end: u64| {
+                self.held
+                    .range(..=end)
+                    .next_back()
+                    .is_some_and(|(_, segment)| segment.last >= start)
+            };
+            if inside && !overlaps(run_first, run_first + npages - 1) {
+                self.held.insert(
+                    run_first,
+                    HeldSegment {
+                        last: run_first + npages - 1,
+                        pages: run.pages,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Releases the holds of pages `[first, last]`, splitting segments that straddle its ends.
+    fn release_held(&mut self, first: u64, last: u64) {
+        let keys: Vec<u64> = self
+            .held
+            .range(..=last)
+            .rev()
+            .take_while(|(_, segment)| segment.last >= first)
+            .map(|(&key, _)| key)
+            .collect();
+        for key in keys {
+            let Some(mut segment) = self.held.remove(&key) else {
+                continue;
+            };
+            if segment.last > last {
+                let tail = segment.pages.split_off(last + 1 - key);
+                self.held.insert(
+                    last + 1,
+                    HeldSegment {
+                        last: segment.last,
+                        pages: tail,
+                    },
+                );
+            }
+            if key < first {
+                // The released part, split off here, is dropped at the end of the block.
+                let _released = segment.pages.split_off(first - key);
+                self.held.insert(
+                    key,
+                    HeldSegment {
+                        last: first - 1,
+                        pages: segment.pages,
+                    },
+                );
+            }
+        }
+    }
 }
 
 /// One linear run of user memory, pinned on demand and shared by areas (`struct iopt_pages`).
@@ -610,28 +705,36 @@ impl Pages {
         if newly.is_empty() {
             return Ok(newly);
         }
-        let probed = if injector.should_fail(fail_site::PIN_USER) {
-            Err(IoptError::Fault(
-                crate::user_memory::UserMemoryError::Fault {
-                    addr: self.page_va(newly[0].0),
-                    len: PAGE_SIZE,
-                },
-            ))
+        let pinned = if injector.should_fail(fail_site::PIN_USER) {
+            Err(IoptError::Fault(UserMemoryError::Fault {
+                addr: self.page_va(newly[0].0),
+                len: PAGE_SIZE,
+            }))
         } else {
-            newly.iter().try_for_each(|&(run_first, run_last)| {
-                self.memory
-                    .probe(
-                        self.page_va(run_first),
-                        (run_last - run_first + 1) * PAGE_SIZE,
-                        self.writable,
-                    )
-                    .map_err(IoptError::Fault)
-            })
+            newly
+                .iter()
+                .map(|&(run_first, run_last)| {
+                    self.memory
+                        .pin(
+                            self.page_va(run_first),
+                            (run_last - run_first + 1) * PAGE_SIZE,
+                            self.writable,
+                        )
+                        .map(|held| (run_first, run_last, held))
+                        .map_err(IoptError::Fault)
+                })
+                .collect::<Result<Vec<_>, _>>()
         };
-        if let Err(err) = probed {
-            let mut ignored = Vec::new();
-            state.coverage.decrement(first, last, &mut ignored);
-            return Err(err);
+        let pinned = match pinned {
+            Ok(pinned) => pinned,
+            Err(err) => {
+                let mut ignored = Vec::new();
+                state.coverage.decrement(first, last, &mut ignored);
+                return Err(err);
+            }
+        };
+        for (run_first, run_last, held) in pinned {
+            state.hold(self.uptr, run_first, run_last, held);
         }
         global_pin(self.mm, self.first_page_number(), &newly);
         state.npinned += run_pages(&newly);
@@ -646,6 +749,9 @@ impl Pages {
             return false;
         }
         global_unpin(self.mm, self.first_page_number(), &freed);
+        for &(run_first, run_last) in &freed {
+            state.release_held(run_first, run_last);
+        }
         let npages = run_pages(&freed);
         state.npinned -= npages;
         if charged {
@@ -775,14 +881,16 @@ impl Pages {
 
     /// Copies between `buf` and the bytes at `start_byte` of the run (`iopt_pages_rw_access()`).
     /// `slow_path` models the cross-mm path, whose single-page variant has its own fault point.
+    /// The copy goes through the mapping address space; once that is gone, through the held
+    /// pages (the kernel's `iopt_pages_rw_slow()` over pinned PFNs), all of which it needs.
     ///
     /// # Errors
     /// Writing read-only pages → EPERM; injected single-page failure → EINVAL; memory not
-    /// accessible → EFAULT.
+    /// accessible, or the address space gone and some page of the range not held → EFAULT.
     pub(crate) fn rw(
         &self,
         start_byte: u64,
-        buf: RwBuf<'_>,
+        mut buf: RwBuf<'_>,
         slow_path: bool,
         injector: &FaultInjector,
     ) -> Result<(), IoptError> {
@@ -796,11 +904,62 @@ impl Pages {
             return Err(IoptError::Injected);
         }
         let addr = UserVa(self.uptr.0 + start_byte);
-        match buf {
+        let live = match &mut buf {
             RwBuf::Read(out) => self.memory.read(addr, out),
             RwBuf::Write(data) => self.memory.write(addr, data),
+        };
+        match live {
+            Err(UserMemoryError::Gone(_)) => self.rw_held(start_byte, buf),
+            other => other.map_err(IoptError::Fault),
         }
-        .map_err(IoptError::Fault)
+    }
+
+    /// Copies between `buf` and the bytes at `start_byte` through the held pages, after
+    /// checking that every page of the range is held, so nothing is copied when one is not.
+    fn rw_held(&self, start_byte: u64, mut buf: RwBuf<'_>) -> Result<(), IoptError> {
+        let length = buf.len() as u64;
+        let end = start_byte + length; // Inside the run, which ends below u64::MAX.
+        let state = lock(&self.state);
+        let mut chunks = Vec::new();
+        let mut cursor = start_byte;
+        while cursor < end {
+            let page = cursor / PAGE_SIZE;
+            let held = state
+                .held
+                .range(..=page)
+                .next_back()
+                .filter(|(_, segment)| segment.last >= page);
+            let Some((&key, segment)) = held else {
+                return Err(IoptError::Fault(UserMemoryError::Gone(self.mm)));
+            };
+            let chunk_end = ((segment.last + 1) * PAGE_SIZE).min(end);
+            chunks.push((key, cursor, chunk_end));
+            cursor = chunk_end;
+        }
+        for (key, from, to) in chunks {
+            let pages = &state.held[&key].pages;
+            let offset = from - key * PAGE_SIZE;
+            let copied = match buf.slice((from - start_byte) as usize, (to - start_byte) as usize) {
+                RwBuf::Read(out) => pages.read(offset, out),
+                RwBuf::Write(data) => pages.write(offset, data),
+            };
+            copied.map_err(|_| {
+                IoptError::Fault(UserMemoryError::Fault {
+                    addr: UserVa(self.uptr.0 + from),
+                    len: to - from,
+                })
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Number of pinned pages currently held independently of their mapping.
+    pub fn nheld(&self) -> u64 {
+        lock(&self.state)
+            .held
+            .values()
+            .map(|segment| segment.pages.npages())
+            .sum()
     }
 }
 
@@ -1121,6 +1280,306 @@ mod tests {
         assert!(read_only.remove_access(1, 2));
         assert!(!read_only.remove_access(1, 2));
         assert_eq!(total_pins(memory.mm()), 0);
+    }
+
+    /// A model address space whose pins hold a copy of the pages taken at pin time, with a
+    /// count of the pages held by live holds.
+    #[derive(Debug, Default)]
+    struct HoldingMemory {
+        inner: ModelMemory,
+        held: Arc<AtomicU64>,
+    }
+
+    /// A copy of some pages, counted in the shared counter while it lives.
+    #[derive(Debug)]
+    struct CopiedPages {
+        data: Mutex<Vec<u8>>,
+        held: Arc<AtomicU64>,
+    }
+
+    impl CopiedPages {
+        fn new(data: Vec<u8>, held: Arc<AtomicU64>) -> Box<CopiedPages> {
+            held.fetch_add(data.len() as u64 / PAGE_SIZE, Ordering::Relaxed);
+            Box::new(CopiedPages {
+                data: Mutex::new(data),
+                held,
+            })
+        }
+    }
+
+    impl Drop for CopiedPages {
+        fn drop(&mut self) {
+            let npages = lock(&self.data).len() as u64 / PAGE_SIZE;
+            self.held.fetch_sub(npages, Ordering::Relaxed);
+        }
+    }
+
+    impl HeldPages for CopiedPages {
+        fn npages(&self) -> u64 {
+            lock(&self.data).len() as u64 / PAGE_SIZE
+        }
+        fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), UserMemoryError> {
+            let data = lock(&self.data);
+            let range = offset as usize..offset as usize + buf.len();
+            buf.copy_from_slice(data.get(range).ok_or(UserMemoryError::Gone(MM_NONE))?);
+            Ok(())
+        }
+        fn write(&self, offset: u64, bytes: &[u8]) -> Result<(), UserMemoryError> {
+            let mut data = lock(&self.data);
+            let range = offset as usize..offset as usize + bytes.len();
+            data.get_mut(range)
+                .ok_or(UserMemoryError::Gone(MM_NONE))?
+                .copy_from_slice(bytes);
+            Ok(())
+        }
+        fn split_off(&mut self, at: u64) -> Box<dyn HeldPages> {
+            let mut data = lock(&self.data);
+            let at = (at * PAGE_SIZE).min(data.len() as u64) as usize;
+            let tail = data.split_off(at);
+            self.held
+                .fetch_sub(tail.len() as u64 / PAGE_SIZE, Ordering::Relaxed);
+            CopiedPages::new(tail, self.held.clone())
+        }
+    }
+
+    const MM_NONE: MmId = MmId {
+        pid: 0,
+        start_time: 0,
+    };
+
+    impl UserMemory for HoldingMemory {
+        fn mm(&self) -> MmId {
+            self.inner.mm()
+        }
+        fn read(&self, addr: UserVa, buf: &mut [u8]) -> Result<(), UserMemoryError> {
+            self.inner.read(addr, buf)
+        }
+        fn write(&self, addr: UserVa, data: &[u8]) -> Result<(), UserMemoryError> {
+            self.inner.write(addr, data)
+        }
+        fn probe(&self, addr: UserVa, len: u64, writable: bool) -> Result<(), UserMemoryError> {
+            self.inner.probe(addr, len, writable)
+        }
+        fn pin(
+            &self,
+            addr: UserVa,
+            len: u64,
+            writable: bool,
+        ) -> Result<Vec<HeldRun>, UserMemoryError> {
+            self.inner.probe(addr, len, writable)?;
+            let mut data = vec![0u8; len as usize];
+            self.inner.read(addr, &mut data)?;
+            Ok(vec![HeldRun {
+                addr,
+                pages: CopiedPages::new(data, self.held.clone()),
+            }])
+        }
+    }
+
+    const HELD_BASE: u64 = 0x10000;
+
+    /// A `Pages` over 16 writable pages of a [`HoldingMemory`], byte `i` of which is `i / 7`.
+    fn holding_pages() -> (Arc<HoldingMemory>, Arc<Pages>) {
+        let memory = Arc::new(HoldingMemory::default());
+        memory.inner.map(UserVa(HELD_BASE), 16 * PAGE_SIZE, true);
+        let pattern: Vec<u8> = (0..16 * PAGE_SIZE).map(|i| (i / 7) as u8).collect();
+        memory.inner.write(UserVa(HELD_BASE), &pattern).unwrap();
+        let source = PageSource {
+            memory: memory.clone(),
+            policy: Arc::new(FixedMemlockPolicy {
+                cap_ipc_lock: true,
+                ..Default::default()
+            }),
+            rlimit_mode: RlimitMode::User,
+        };
+        let none = FaultInjector::default();
+        let pages = Pages::new(&source, UserVa(HELD_BASE), 16 * PAGE_SIZE, true, &none).unwrap();
+        (memory, pages)
+    }
+
+    fn read_at(pages: &Pages, start_byte: u64, len: usize) -> Result<Vec<u8>, IoptError> {
+        let mut buf = vec![0u8; len];
+        pages.rw(
+            start_byte,
+            RwBuf::Read(&mut buf),
+            false,
+            &FaultInjector::default(),
+        )?;
+        Ok(buf)
+    }
+
+    #[test]
+    fn copies_use_the_mapping_while_it_lives_and_held_pages_after() {
+        let (memory, pages) = holding_pages();
+        let none = FaultInjector::default();
+        pages.pin(1, 3, &none).unwrap().commit(&none).unwrap();
+        assert_eq!((pages.nheld(), memory.held.load(Ordering::Relaxed)), (3, 3));
+        memory
+            .inner
+            .write(UserVa(HELD_BASE + PAGE_SIZE), &[0xee])
+            .unwrap();
+        assert_eq!(
+            read_at(&pages, PAGE_SIZE, 2).unwrap(),
+            [0xee, ((PAGE_SIZE + 1) / 7) as u8],
+            "the live mapping, not the copy taken at pin time"
+        );
+
+        memory.inner.exit();
+        let held = read_at(&pages, PAGE_SIZE + 100, 2 * PAGE_SIZE as usize).unwrap();
+        let expected: Vec<u8> = (PAGE_SIZE + 100..3 * PAGE_SIZE + 100)
+            .map(|i| (i / 7) as u8)
+            .collect();
+        assert_eq!(held, expected, "pages 1..=3 as pinned");
+        pages
+            .rw(4 * PAGE_SIZE - 2, RwBuf::Write(&[1, 2]), false, &none)
+            .unwrap();
+        assert_eq!(read_at(&pages, 4 * PAGE_SIZE - 2, 2).unwrap(), [1, 2]);
+
+        let gone = IoptError::Fault(UserMemoryError::Gone(memory.mm()));
+        assert_eq!(
+            read_at(&pages, 3 * PAGE_SIZE, PAGE_SIZE as usize + 1),
+            Err(gone.clone())
+        );
+        assert_eq!(
+            read_at(&pages, 0, 1),
+            Err(gone.clone()),
+            "page 0 was never pinned"
+        );
+        assert_eq!(
+            pages.rw(4 * PAGE_SIZE - 2, RwBuf::Write(&[9, 9, 9]), false, &none),
+            Err(gone.clone()),
+            "a write reaching an unheld page"
+        );
+        assert_eq!(
+            read_at(&pages, 4 * PAGE_SIZE - 2, 2).unwrap(),
+            [1, 2],
+            "left nothing written"
+        );
+        assert_eq!(
+            pages.rw(PAGE_SIZE, RwBuf::Write(&[1]), false, &none),
+            Ok(())
+        );
+        pages.unpin(1, 3);
+        assert_eq!(
+            read_at(&pages, PAGE_SIZE, 1),
+            Err(gone.clone()),
+            "unpinned, so released"
+        );
+        assert_eq!(memory.held.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn holds_split_and_release_with_their_pins() {
+        let (memory, pages) = holding_pages();
+        let none = FaultInjector::default();
+        let held = || memory.held.load(Ordering::Relaxed);
+        pages.add_access(0, 9, true, &none).unwrap();
+        pages.add_access(5, 14, true, &none).unwrap();
+        pages.pin(12, 15, &none).unwrap().commit(&none).unwrap();
+        assert_eq!((pages.nheld(), held()), (16, 16));
+        assert!(pages.remove_access(0, 9));
+        assert_eq!((pages.nheld(), held()), (11, 11), "pages 0..=4 released");
+        memory.inner.exit();
+        assert!(read_at(&pages, 4 * PAGE_SIZE, 1).is_err());
+        let tail = read_at(&pages, 5 * PAGE_SIZE, 11 * PAGE_SIZE as usize).unwrap();
+        assert_eq!(tail[0], (5 * PAGE_SIZE / 7) as u8);
+        assert!(pages.remove_access(5, 14));
+        assert_eq!((pages.nheld(), held()), (4, 4), "12..=15 still pinned");
+        assert!(read_at(&pages, 11 * PAGE_SIZE, 1).is_err());
+        assert!(read_at(&pages, 12 * PAGE_SIZE, 4 * PAGE_SIZE as usize).is_ok());
+        drop(pages);
+        assert_eq!(held(), 0, "dropping the Pages releases its holds");
+    }
+
+    #[test]
+    fn a_failed_pin_holds_nothing() {
+        let (memory, pages) = holding_pages();
+        memory
+            .inner
+            .unmap(UserVa(HELD_BASE + 5 * PAGE_SIZE), PAGE_SIZE);
+        let none = FaultInjector::default();
+        pages.pin(0, 1, &none).unwrap().commit(&none).unwrap();
+        assert!(
+            pages.add_access(0, 7, false, &none).is_err(),
+            "hole at page 5"
+        );
+        let failing = FaultInjector::with_hook(|site| site == fail_site::ACCOUNT);
+        assert!(pages.pin(2, 3, &none).unwrap().commit(&failing).is_err());
+        assert!(pages.pin(2, 3, &none).is_ok(), "dropped uncommitted");
+        assert_eq!((pages.nheld(), memory.held.load(Ordering::Relaxed)), (2, 2));
+    }
+
+    /// One operation on a [`Pages`] of 16 pages, for the hold model.
+    #[derive(Debug, Clone)]
+    enum HoldOp {
+        Access(u64, u64),
+        RemoveAccess(usize),
+        Fill(u64, u64),
+        Unfill(usize),
+    }
+
+    fn hold_op() -> impl proptest::strategy::Strategy<Value = HoldOp> {
+        use proptest::prelude::*;
+        let range = (0u64..16, 0u64..16).prop_map(|(a, b)| (a.min(b), a.max(b)));
+        prop_oneof![
+            range.clone().prop_map(|(a, b)| HoldOp::Access(a, b)),
+            (0usize..8).prop_map(HoldOp::RemoveAccess),
+            range.prop_map(|(a, b)| HoldOp::Fill(a, b)),
+            (0usize..8).prop_map(HoldOp::Unfill),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Holds follow pins exactly: after any sequence of pins and unpins, the held pages
+        /// are the pinned pages (a page-by-page model of coverage), each held once, and the
+        /// held bytes are the pattern the pages had.
+        #[test]
+        fn held_pages_are_exactly_the_pinned_pages(
+            ops in proptest::collection::vec(hold_op(), 1..40)
+        ) {
+            let (memory, pages) = holding_pages();
+            let none = FaultInjector::default();
+            let mut accesses: Vec<Run> = Vec::new();
+            let mut fills: Vec<Run> = Vec::new();
+            for op in ops {
+                match op {
+                    HoldOp::Access(a, b) => {
+                        pages.add_access(a, b, false, &none).unwrap();
+                        accesses.push((a, b));
+                    }
+                    HoldOp::RemoveAccess(i) if i < accesses.len() => {
+                        let (a, b) = accesses.remove(i);
+                        proptest::prop_assert!(pages.remove_access(a, b));
+                    }
+                    HoldOp::Fill(a, b) => {
+                        pages.pin(a, b, &none).unwrap().commit(&none).unwrap();
+                        fills.push((a, b));
+                    }
+                    HoldOp::Unfill(i) if i < fills.len() => {
+                        let (a, b) = fills.remove(i);
+                        pages.unpin(a, b);
+                    }
+                    _ => {}
+                }
+                let pinned: Vec<bool> = (0..16)
+                    .map(|p| accesses.iter().chain(&fills).any(|&(a, b)| a <= p && p <= b))
+                    .collect();
+                let npinned = pinned.iter().filter(|&&p| p).count() as u64;
+                proptest::prop_assert_eq!(pages.npinned(), npinned);
+                proptest::prop_assert_eq!(pages.nheld(), npinned);
+                proptest::prop_assert_eq!(memory.held.load(Ordering::Relaxed), npinned);
+            }
+            memory.inner.exit();
+            for page in 0..16u64 {
+                let pinned = accesses.iter().chain(&fills).any(|&(a, b)| a <= page && page <= b);
+                let read = read_at(&pages, page * PAGE_SIZE + 3, 1);
+                if pinned {
+                    proptest::prop_assert_eq!(read, Ok(vec![((page * PAGE_SIZE + 3) / 7) as u8]));
+                } else {
+                    proptest::prop_assert!(read.is_err());
+                }
+            }
+        }
     }
 
     #[test]

@@ -9,16 +9,22 @@
 //! `/proc/PID/stat`, re-checked before every operation on a foreign pid so a recycled pid is
 //! reported as [`UserMemoryError::Gone`].
 //!
+//! Pinning another process's pages ([`UserMemory::pin`]) also holds those of them that lie in
+//! shared mappings, through [`crate::shared_alias`], so they stay reachable after that process
+//! exits. The serving process's own pages are never held: its address space cannot end while
+//! it serves, and held pages are only read once the mapping address space is gone.
+//!
 //! [`ProcessLimits`] answers the pinning policy questions for such a process from
 //! `/proc/PID/status` (`CAP_IPC_LOCK`, real uid) and `prlimit` (`RLIMIT_MEMLOCK`).
 //!
 //! # Safety
 //!
-//! This is the crate's only module with unsafe code: the `process_vm_readv`,
-//! `process_vm_writev` and `prlimit` calls. Each passes local buffers that Rust owns and
-//! borrows for exactly the call (the kernel writes at most their stated lengths into them),
-//! while the remote addresses are plain numbers the kernel checks against the target's page
-//! tables. No pointer received from a caller is ever dereferenced in this process.
+//! This module's unsafe code is the `process_vm_readv`, `process_vm_writev` and `prlimit`
+//! calls (the crate's other unsafe module, [`crate::shared_alias`], maps and unmaps windows).
+//! Each passes local buffers that Rust owns and borrows for exactly the call (the kernel
+//! writes at most their stated lengths into them), while the remote addresses are plain
+//! numbers the kernel checks against the target's page tables. No pointer received from a
+//! caller is ever dereferenced in this process.
 #![allow(unsafe_code)]
 
 use std::fs;
@@ -26,7 +32,8 @@ use std::io;
 use std::sync::Arc;
 
 use crate::pages::{LockedVm, MemlockPolicy};
-use crate::user_memory::{MmId, UserMemory, UserMemoryError, UserVa, PAGE_SIZE};
+use crate::shared_alias;
+use crate::user_memory::{HeldRun, MmId, UserMemory, UserMemoryError, UserVa, PAGE_SIZE};
 
 /// Remote iovecs per `process_vm_readv` call when probing (`IOV_MAX`).
 const PROBE_BATCH: usize = 1024;
@@ -45,6 +52,65 @@ fn read_start_time(pid: u32) -> io::Result<u64> {
         .nth(22 - 3)
         .and_then(|field| field.parse().ok())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed stat"))
+}
+
+/// One mapping (VMA) of a process, as a line of `/proc/PID/maps` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Vma {
+    /// First byte.
+    pub(crate) start: u64,
+    /// One past the last byte.
+    pub(crate) end: u64,
+    /// `r` permission.
+    pub(crate) readable: bool,
+    /// `w` permission.
+    pub(crate) writable: bool,
+    /// `s` rather than `p`: a shared mapping, whose pages belong to the object mapped.
+    pub(crate) shared: bool,
+    /// Byte offset of `start` in the object mapped.
+    pub(crate) offset: u64,
+}
+
+/// The mappings listed in a `/proc/PID/maps` text, in address order; malformed lines are
+/// skipped.
+fn parse_maps(maps: &str) -> Vec<Vma> {
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            let perms = fields.next()?.as_bytes();
+            let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
+            if perms.len() < 4 {
+                return None;
+            }
+            Some(Vma {
+                start: u64::from_str_radix(start, 16).ok()?,
+                end: u64::from_str_radix(end, 16).ok()?,
+                readable: perms[0] == b'r',
+                writable: perms[1] == b'w',
+                shared: perms[3] == b's',
+                offset,
+            })
+        })
+        .collect()
+}
+
+/// Whether `[addr, end)` lies in readable and writable mappings without a hole.
+fn writable_in(vmas: &[Vma], addr: u64, end: u64) -> bool {
+    let mut cursor = addr;
+    for vma in vmas {
+        if vma.end <= cursor {
+            continue;
+        }
+        if vma.start > cursor || !(vma.readable && vma.writable) {
+            return false;
+        }
+        cursor = vma.end;
+        if cursor >= end {
+            return true;
+        }
+    }
+    false
 }
 
 /// One process's address space, reached with `process_vm_readv`/`process_vm_writev`.
@@ -84,6 +150,19 @@ impl ProcessMemory {
             },
             own,
         })
+    }
+
+    /// The calling process's memory, without reading its start time: for copies to and from
+    /// memory this process mapped itself (the windows of [`crate::shared_alias`]), where no
+    /// identity is compared. The pid is read at the call, so a forked child gets its own.
+    pub(crate) fn this_process() -> Self {
+        ProcessMemory {
+            mm: MmId {
+                pid: std::process::id(),
+                start_time: 0,
+            },
+            own: true,
+        }
     }
 
     /// `Gone` unless the pid still names the process this handle was made for.
@@ -177,45 +256,28 @@ impl ProcessMemory {
         Ok(())
     }
 
-    /// Whether `[addr, addr + len)` lies in readable and writable mappings, per
-    /// `/proc/PID/maps`.
-    fn probe_writable(&self, addr: UserVa, len: u64) -> Result<(), UserMemoryError> {
-        let fault = UserMemoryError::Fault { addr, len };
+    /// The process's mappings, from `/proc/PID/maps`. `addr` and `len` name the range the
+    /// caller is about, for the error.
+    fn mappings(&self, addr: UserVa, len: u64) -> Result<Vec<Vma>, UserMemoryError> {
         let maps = fs::read_to_string(format!("/proc/{}/maps", self.mm.pid)).map_err(|err| {
             if err.kind() == io::ErrorKind::NotFound {
                 UserMemoryError::Gone(self.mm)
             } else {
-                fault.clone()
+                UserMemoryError::Fault { addr, len }
             }
         })?;
-        let end = addr.0 + len; // The caller checked this cannot wrap.
-        let mut cursor = addr.0;
-        for line in maps.lines() {
-            let mut fields = line.split_whitespace();
-            let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
-                continue;
-            };
-            let Some((start, stop)) = range.split_once('-') else {
-                continue;
-            };
-            let (Ok(start), Ok(stop)) = (
-                u64::from_str_radix(start, 16),
-                u64::from_str_radix(stop, 16),
-            ) else {
-                continue;
-            };
-            if stop <= cursor {
-                continue;
-            }
-            if start > cursor || !perms.starts_with("rw") {
-                return Err(fault);
-            }
-            cursor = stop;
-            if cursor >= end {
-                return Ok(());
-            }
+        Ok(parse_maps(&maps))
+    }
+
+    /// Whether `[addr, addr + len)` lies in readable and writable mappings, per
+    /// `/proc/PID/maps`.
+    fn probe_writable(&self, addr: UserVa, len: u64) -> Result<(), UserMemoryError> {
+        // The caller checked that `addr + len` cannot wrap.
+        if writable_in(&self.mappings(addr, len)?, addr.0, addr.0 + len) {
+            Ok(())
+        } else {
+            Err(UserMemoryError::Fault { addr, len })
         }
-        Err(fault)
     }
 }
 
@@ -303,6 +365,35 @@ impl UserMemory for ProcessMemory {
         } else {
             self.probe_readable(addr, len)
         }
+    }
+
+    /// Probes as [`UserMemory::probe`], then, for another process, holds the pages of the
+    /// range that lie in shared mappings ([`crate::shared_alias`]); one read of
+    /// `/proc/PID/maps` serves both.
+    fn pin(&self, addr: UserVa, len: u64, writable: bool) -> Result<Vec<HeldRun>, UserMemoryError> {
+        if self.own || len == 0 {
+            return self.probe(addr, len, writable).map(|()| Vec::new());
+        }
+        self.check_alive()?;
+        let end = addr
+            .0
+            .checked_add(len)
+            .ok_or(UserMemoryError::Fault { addr, len })?;
+        let vmas = self.mappings(addr, len)?;
+        if writable {
+            if !writable_in(&vmas, addr.0, end) {
+                return Err(UserMemoryError::Fault { addr, len });
+            }
+        } else {
+            self.probe_readable(addr, len)?;
+        }
+        Ok(shared_alias::hold_shared(
+            self.mm.pid,
+            &vmas,
+            addr,
+            len,
+            writable,
+        ))
     }
 }
 

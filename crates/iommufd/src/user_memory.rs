@@ -73,6 +73,59 @@ pub trait UserMemory: Send + Sync + fmt::Debug {
     /// Check that `[addr, addr + len)` is mapped, and writable when `writable` is set, as
     /// `pin_user_pages` would before pinning. `len == 0` always succeeds.
     fn probe(&self, addr: UserVa, len: u64, writable: bool) -> Result<(), UserMemoryError>;
+
+    /// Pin `[addr, addr + len)` (`pin_user_pages()`): check it as [`UserMemory::probe`] does,
+    /// then hold whatever pages of it this memory can keep reachable independently of the
+    /// mapping, for as long as the returned holds live.
+    ///
+    /// The kernel's pin holds the physical pages, so a pinned page stays readable after the
+    /// address space that mapped it unmaps it or exits. A user-space memory can do that only
+    /// for some pages (see [`crate::shared_alias`]); the pages it does not hold are reached
+    /// through [`UserMemory::read`] and [`UserMemory::write`], so only while the address space
+    /// lives. Holding nothing is always correct, and is what this default does.
+    ///
+    /// `addr` is page aligned and `len` a multiple of [`PAGE_SIZE`]. The runs returned are
+    /// page aligned, disjoint and inside the range; a run that is not is ignored by the engine.
+    ///
+    /// # Errors
+    /// As [`UserMemory::probe`]; on error nothing is held.
+    fn pin(&self, addr: UserVa, len: u64, writable: bool) -> Result<Vec<HeldRun>, UserMemoryError> {
+        self.probe(addr, len, writable).map(|()| Vec::new())
+    }
+}
+
+/// Pinned pages kept reachable whatever later becomes of the mapping they came from: the
+/// part of a kernel pin that holds the physical pages.
+///
+/// Offsets count bytes from the first held page. The engine reads and writes held pages only
+/// once the address space that mapped them is gone, as the kernel's `iopt_pages_rw_slow()`
+/// falls back to the pinned PFNs then; while it lives, copies go through the mapping, as the
+/// kernel's `copy_to_user` fast path does.
+pub trait HeldPages: Send + Sync + fmt::Debug {
+    /// Number of pages held.
+    fn npages(&self) -> u64;
+
+    /// Copy `buf.len()` bytes from byte `offset` of the held pages. A range that does not fit
+    /// in [`HeldPages::npages`] pages is an error.
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), UserMemoryError>;
+
+    /// Copy `data` to byte `offset` of the held pages. A range that does not fit is an error;
+    /// so is writing pages held read-only.
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), UserMemoryError>;
+
+    /// Splits the hold at page `at`: `self` keeps pages `[0, at)` and the result holds
+    /// `[at, npages)`, each released on its own. `at` beyond `npages` is taken as `npages`.
+    fn split_off(&mut self, at: u64) -> Box<dyn HeldPages>;
+}
+
+/// One run of pages that [`UserMemory::pin`] holds: the user VA of its first page and the
+/// hold, which covers [`HeldPages::npages`] pages from there.
+#[derive(Debug)]
+pub struct HeldRun {
+    /// User VA of the first held page (page aligned).
+    pub addr: UserVa,
+    /// The held pages.
+    pub pages: Box<dyn HeldPages>,
 }
 
 /// The page size the engine reasons in: pins, "PFNs" and accounting are per 4 KiB page.
