@@ -16,12 +16,24 @@
 //! Groups are answered `INVALID` automatically when the device's attachment they came through
 //! goes away (detach or replace: `Fault::auto_respond`) and when the queue is destroyed.
 //!
+//! # Readiness observer
+//! Whoever serves the file as a real descriptor (the preload) must make it pollable: it sets a
+//! [`ReadinessObserver`] with [`FaultFile::set_readiness_observer`] and is told after every
+//! change of the `deliver` list (delivery, read, automatic response), then reads the current
+//! state itself ([`Fault::queued`]). The observer runs with `state` released, so it may call
+//! back into the queue; but delivery and automatic responses happen under the device's group
+//! lock, so it must not call iommufd ioctls. A notification carries no value on purpose: a
+//! value computed under `state` and reported after releasing it can be overtaken by a racing
+//! change, whereas the state re-read by the last notification to run is always the final one.
+//!
 //! # Locking
 //! One mutex (`state`, the kernel's `fault->mutex` and `fault->lock` folded together) over both
 //! lists; a condition variable signals readers. It is a leaf: user memory is written under it,
-//! which takes no iommufd lock.
+//! which takes no iommufd lock. `observer` is a leaf mutex held only to set or clone the
+//! observer, never while calling it.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
 use std::mem::size_of;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -98,14 +110,30 @@ pub struct ResponseCounts {
     pub invalid: u64,
 }
 
+/// Told that a queue's `deliver` list may have changed (see the module documentation); gets
+/// the queue, to read its state with [`Fault::queued`].
+pub type ReadinessObserver = Arc<dyn Fn(&Fault) + Send + Sync>;
+
 /// A FAULT object (`struct iommufd_fault`). Its file holds one user.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Fault {
     state: Mutex<FaultState>,
     /// Signalled when a group is delivered.
     delivered: Condvar,
     success: AtomicU64,
     invalid: AtomicU64,
+    /// The file's readiness observer, while its file has one.
+    observer: Mutex<Option<ReadinessObserver>>,
+}
+
+impl fmt::Debug for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fault")
+            .field("state", &self.state)
+            .field("success", &self.success)
+            .field("invalid", &self.invalid)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ObjectPayload for Fault {
@@ -121,6 +149,20 @@ impl Fault {
     pub(crate) fn deliver(&self, group: FaultGroup) {
         self.lock().deliver.push_back(group);
         self.delivered.notify_all();
+        self.notify_observer();
+    }
+
+    /// Tell the observer, if any, that the `deliver` list may have changed. Called with
+    /// `state` released.
+    fn notify_observer(&self) {
+        let observer = self
+            .observer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(observer) = observer {
+            observer(self);
+        }
     }
 
     /// Answer `INVALID` to every queued or pending group that came through `handle`
@@ -132,6 +174,8 @@ impl Fault {
         state.pending.retain(|_, g| g.handle != handle);
         let answered = before - state.deliver.len() - state.pending.len();
         self.invalid.fetch_add(answered as u64, Ordering::Relaxed);
+        drop(state);
+        self.notify_observer();
     }
 
     /// Responses sent so far.
@@ -194,6 +238,17 @@ impl FaultFile {
         &self.fault
     }
 
+    /// Call `observer` after every change of the queue's `deliver` list from now on, until
+    /// the file is dropped (it replaces any earlier observer). See the module documentation
+    /// for what it may do.
+    pub fn set_readiness_observer(&self, observer: ReadinessObserver) {
+        *self
+            .fault
+            .observer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(observer);
+    }
+
     /// `read()` (`iommufd_fault_fops_read()`): moves whole groups to the pending table and
     /// writes one record per request to `buf`. Never blocks; an empty queue reads 0 bytes.
     ///
@@ -236,6 +291,10 @@ impl FaultFile {
             }
             done += need;
             state.pending.insert(cookie, group);
+        }
+        drop(state);
+        if done > 0 {
+            self.fault.notify_observer();
         }
         match error {
             Some(err) if done == 0 => Err(err),
@@ -316,6 +375,18 @@ impl FaultFile {
     }
 }
 
+impl Drop for FaultFile {
+    /// The observer belongs to the file: deliveries to the object after the last close are
+    /// nobody's to signal.
+    fn drop(&mut self) {
+        *self
+            .fault
+            .observer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
 /// The lowest free cookie ≥ 1 (`xa_alloc()` with `XA_FLAGS_ALLOC1`), or `None` when the
 /// allocation fails.
 fn free_cookie(pending: &BTreeMap<u32, FaultGroup>) -> Option<u32> {
@@ -386,4 +457,37 @@ pub(crate) fn alloc(call: &Call, ucmd: &mut Ucmd<'_, IommuFaultAlloc>) -> Result
         _ctx: Arc::clone(&call.ctx),
     })));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(handle: AttachHandle) -> FaultGroup {
+        FaultGroup {
+            requests: vec![PageRequest {
+                flags: crate::abi::IOMMU_PGFAULT_FLAGS_LAST_PAGE,
+                ..PageRequest::default()
+            }],
+            dev_id: ObjId(1),
+            handle,
+        }
+    }
+
+    #[test]
+    fn the_observer_sees_each_delivery_and_automatic_response_with_the_lock_released() {
+        let fault = Fault::default();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        // Reading the queue inside the observer would deadlock if `state` were still held.
+        *fault.observer.lock().unwrap() = Some(Arc::new(move |f: &Fault| {
+            log.lock().unwrap().push(f.queued());
+        }));
+        let (a, b) = (AttachHandle::new(), AttachHandle::new());
+        fault.deliver(group(a));
+        fault.deliver(group(b));
+        fault.auto_respond(a);
+        fault.auto_respond(b);
+        assert_eq!(*seen.lock().unwrap(), vec![1, 2, 1, 0]);
+    }
 }

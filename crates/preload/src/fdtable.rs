@@ -4,13 +4,13 @@
 //! [`TABLE`] maps a descriptor number of the program to the emulated file behind it: a
 //! [`Target::Local`] file served in this process, or a [`Target::Remote`] file served by the
 //! process that opened it (after a fork; see [`crate::home`]). Each entry also records the
-//! identity (device, inode) of the pipe the number referred to when the entry was made. glibc
-//! closes descriptors internally without going through `close` (e.g. `closedir`), so a number
-//! can be silently recycled; every lookup re-checks the identity with `fstat` and drops a stale
+//! identity (device, inode) of the pipe or socket the number referred to when the entry was
+//! made. glibc closes descriptors internally without going through `close` (e.g. `closedir`),
+//! so a number can be silently recycled; every lookup re-checks the identity with `fstat` and drops a stale
 //! entry instead of misrouting a real file's call.
 //!
 //! # Private descriptors
-//! The library's own descriptors (pipe read ends, sockets, the log) live at high numbers
+//! The library's own descriptors (the kept ends of files, sockets, the log) live at high numbers
 //! (see [`PrivateFd::adopt`]) so that they do not change which numbers the program's `open`
 //! calls get. They are hidden from the program: `close` of one reports `EBADF` without closing
 //! it, `close_range` skips them, and a `dup2` onto one first moves it elsewhere.
@@ -273,7 +273,7 @@ pub(crate) fn lock_private() -> MutexGuard<'static, BTreeMap<i32, Weak<AtomicI32
 }
 
 /// In a fork child: close the private descriptors that are not in `keep` (the parent's
-/// pipe read ends and sockets), so the child's descriptor table holds only what it uses.
+/// files' kept ends and sockets), so the child's descriptor table holds only what it uses.
 pub(crate) fn close_private_except(
     private: &mut BTreeMap<i32, Weak<AtomicI32>>,
     keep: &std::collections::HashSet<i32>,

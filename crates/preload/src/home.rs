@@ -23,11 +23,16 @@
 //!   identifies the caller by `SO_PEERCRED` (same uid only) and runs the engine with a
 //!   [`Caller`] whose memory is the child's ([`ProcessMemory::for_pid`]); a grandchild, being
 //!   attached to the same home, connects on its own (a connection is per pid).
-//! * Files opened for an attached process are created by the home, which keeps the read end of
-//!   the pipe and passes the write end over the socket (`SCM_RIGHTS`): the last-close
+//! * Files opened for an attached process are created by the home, which keeps its end of the
+//!   pair and passes the program's end over the socket (`SCM_RIGHTS`): the last-close
 //!   detection of [`crate::files`] therefore spans all processes. A child's `close` asks the
-//!   home to check for release before returning, and the server also polls every file's read
+//!   home to check for release before returning, and the server also polls every file's kept
 //!   end, so a child that exits without closing releases what only it held.
+//! * The readiness byte of a handed-out file ([`crate::files::Readiness`]) is sent by the home
+//!   (the engine's notifications arrive there) into the one socket every process's copy of
+//!   the descriptor names, so a fault delivered while a child holds the fd makes the child's
+//!   fd readable. A child's `read` passes its descriptor along with the request, for the home
+//!   to drain the byte through it.
 //!
 //! Limits: the home must outlive its children's use of its files (if it exits or `exec`s
 //! first, their calls fail with `EIO`); descriptors passed to unrelated processes or kept
@@ -260,10 +265,11 @@ pub enum Direction {
     Write,
 }
 
-/// `read`/`write` (at `offset`, or the file position when `None`) on a file an ioctl handed
-/// out, with the program's buffer at `buf`.
+/// `read`/`write` (at `offset`, or the file position when `None`) on `fd`, a file an ioctl
+/// handed out, with the program's buffer at `buf`.
 pub fn file_io(
     target: &Target,
+    fd: i32,
     direction: Direction,
     buf: usize,
     count: usize,
@@ -275,15 +281,13 @@ pub fn file_io(
                 return Err(Errno::EINVAL);
             };
             fault::register_current_thread();
-            emulated_io(
-                file,
-                emulated,
-                &platform()?.caller,
+            let io = FileIo {
                 direction,
                 buf,
                 count,
                 offset,
-            )
+            };
+            emulated_io(file, emulated, &platform()?.caller, io, Some(fd))
         }
         Target::Remote(remote) => {
             if !remote.has_io {
@@ -299,7 +303,9 @@ pub fn file_io(
             };
             let offset = offset.unwrap_or(u64::MAX);
             let request = Request::new(op, remote.id, buf as u64, count as u64, offset);
-            let (reply, passed) = call(&home, request)?;
+            // A read may have to drain the readiness byte, through this very descriptor.
+            let pass = (direction == Direction::Read).then_some(fd);
+            let (reply, passed) = call_passing(&home, request, pass)?;
             if let Some(unexpected) = passed {
                 let _ = sys::close(unexpected);
             }
@@ -308,27 +314,45 @@ pub fn file_io(
     }
 }
 
-fn emulated_io(
-    file: &ShimFile,
-    emulated: &EmulatedFile,
-    caller: &Caller,
+/// One `read`/`write` call: which way, the program's buffer, and the offset (`None`: the file
+/// position).
+#[derive(Clone, Copy, Debug)]
+struct FileIo {
     direction: Direction,
     buf: usize,
     count: usize,
     offset: Option<u64>,
+}
+
+/// Serve `io` on `file` from the engine; `program_end` is a descriptor of the program's end
+/// of the file, through which a read drains the readiness byte when the file is no longer
+/// readable.
+fn emulated_io(
+    file: &ShimFile,
+    emulated: &EmulatedFile,
+    caller: &Caller,
+    io: FileIo,
+    program_end: Option<i32>,
 ) -> SysResult<i64> {
     use std::sync::atomic::Ordering;
-    let position = offset.unwrap_or_else(|| file.position.load(Ordering::Acquire));
+    let position = io
+        .offset
+        .unwrap_or_else(|| file.position.load(Ordering::Acquire));
     let user = caller.memory.as_ref();
-    let done = match direction {
-        Direction::Read => emulated.read(user, UserVa(buf as u64), count, position)?,
-        Direction::Write => emulated.write(user, UserVa(buf as u64), count, position)?,
+    let buf = UserVa(io.buf as u64);
+    let done = match io.direction {
+        Direction::Read => {
+            let done = emulated.read(user, buf, io.count, position);
+            file.sync_readiness(program_end);
+            done?
+        }
+        Direction::Write => emulated.write(user, buf, io.count, position)?,
     };
     i64::try_from(done).map_err(|_| Errno::EOVERFLOW)
 }
 
 /// The [`FileInstaller`] of a home process: numbers are real descriptors of this process, each
-/// the write end of a pipe (see [`crate::files`]), reserved at the lowest free number with
+/// the program's end of a socket pair (see [`crate::files`]), reserved at the lowest free number with
 /// close-on-exec as `get_unused_fd_flags(O_CLOEXEC)` does.
 ///
 /// Files handed out by an ioctl of a fork child would belong in the child's descriptor table,
@@ -338,7 +362,7 @@ fn emulated_io(
 /// Locking: `pending` is a leaf mutex.
 #[derive(Debug, Default)]
 struct Installer {
-    /// Reserved numbers → the read ends of their pipes.
+    /// Reserved numbers → the library's ends of their socket pairs.
     pending: Mutex<std::collections::HashMap<i32, PrivateFd>>,
 }
 
@@ -358,32 +382,32 @@ impl FileInstaller for Installer {
         if SERVING_CHILD.with(std::cell::Cell::get) {
             return Err(Errno::from_raw(libc::EMFILE));
         }
-        let (read_end, write_end) = files::pipe()?;
-        match files::place_lowest(write_end, true) {
+        let (kept_end, program_end) = files::socket_pair()?;
+        match files::place_lowest(program_end, true) {
             Ok(fd) => {
-                self.pending().insert(fd, read_end);
+                self.pending().insert(fd, kept_end);
                 Ok(fd)
             }
             Err(err) => {
-                read_end.close();
+                kept_end.close();
                 Err(err)
             }
         }
     }
 
     fn unreserve(&self, fd: i32) {
-        if let Some(read_end) = self.pending().remove(&fd) {
+        if let Some(kept_end) = self.pending().remove(&fd) {
             let _ = sys::close(fd);
-            read_end.close();
+            kept_end.close();
         }
     }
 
     fn install(&self, fd: i32, file: EmulatedFile) {
-        let Some(read_end) = self.pending().remove(&fd) else {
+        let Some(kept_end) = self.pending().remove(&fd) else {
             return;
         };
         let mode = AccessMode::from_flags(libc::O_RDWR);
-        let shim = files::register(FileKind::Emulated(file), mode, read_end);
+        let shim = files::register(FileKind::Emulated(file), mode, kept_end);
         log::line(format_args!("install file {} at fd {fd}", shim.id));
         let _ = install(fd, Target::Local(shim));
     }
@@ -411,13 +435,14 @@ impl FileInstaller for Installer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 enum Op {
-    /// Open `/dev/iommu` with flags `a`; the reply passes the new file's pipe write end.
+    /// Open `/dev/iommu` with flags `a`; the reply passes the program's end of the new file.
     Open = 1,
     /// `ioctl(file, a, b)`.
     Ioctl = 2,
     /// A descriptor of `file` was closed: release it if that was the last.
     Release = 3,
-    /// `read(file, a, b)` at offset `c` (`u64::MAX`: the file position).
+    /// `read(file, a, b)` at offset `c` (`u64::MAX`: the file position); the request passes
+    /// the reader's descriptor, through which the home drains the readiness byte.
     Read = 4,
     /// `write(file, a, b)` at offset `c` (`u64::MAX`: the file position).
     Write = 5,
@@ -545,7 +570,16 @@ fn connection() -> MutexGuard<'static, Option<Connection>> {
 
 /// Send `request` to the home and wait for its reply (and the descriptor it passes, if any).
 /// The calling thread's fail-nth countdown travels with it and comes back updated.
-fn call(home: &HomeAddress, mut request: Request) -> SysResult<(Reply, Option<i32>)> {
+fn call(home: &HomeAddress, request: Request) -> SysResult<(Reply, Option<i32>)> {
+    call_passing(home, request, None)
+}
+
+/// [`call`], passing the descriptor `pass` with the request.
+fn call_passing(
+    home: &HomeAddress,
+    mut request: Request,
+    pass: Option<i32>,
+) -> SysResult<(Reply, Option<i32>)> {
     if fault::enabled() {
         fault::register_current_thread();
         request.fail_nth = failpoint::fail_nth();
@@ -566,7 +600,7 @@ fn call(home: &HomeAddress, mut request: Request) -> SysResult<(Reply, Option<i3
         }
     };
     let exchange = || -> SysResult<(Reply, Option<i32>)> {
-        sys::send_message(fd, &request.encode(), None)?;
+        sys::send_message(fd, &request.encode(), pass)?;
         let mut buf = [0u8; REPLY_LEN + 1];
         let (len, passed) = sys::receive_message(fd, &mut buf)?;
         match Reply::decode(&buf[..len]) {
@@ -716,7 +750,7 @@ fn serve(listener: PrivateFd, wake: PrivateFd) {
     let mut clients: Vec<Client> = Vec::new();
     let uid = sys::getuid();
     loop {
-        let files = files::read_ends();
+        let files = files::kept_ends();
         let mut fds: Vec<libc::pollfd> = [listener.get(), wake.get()]
             .into_iter()
             .chain(clients.iter().map(|c| c.fd.get()))
@@ -778,13 +812,13 @@ fn serve_one(client: &mut Client) -> bool {
         Ok((0, _)) | Err(_) => return false,
         Ok(received) => received,
     };
-    if let Some(unexpected) = passed {
-        let _ = sys::close(unexpected);
-    }
     let (reply, pass) = match Request::decode(&buf[..len]) {
-        Some(request) => answer(client, request),
+        Some(request) => answer(client, request, passed),
         None => (Reply::from_result(Err(Errno::EINVAL), 0), None),
     };
+    if let Some(passed) = passed {
+        let _ = sys::close(passed);
+    }
     let sent = sys::send_message(client.fd.get(), &reply.encode(), pass).is_ok();
     if let Some(fd) = pass {
         let _ = sys::close(fd);
@@ -793,10 +827,11 @@ fn serve_one(client: &mut Client) -> bool {
 }
 
 /// Answer `request` on this (the server's) thread, with the requesting thread's fail-nth
-/// countdown armed here for the duration, and report what is left of it.
-fn answer(client: &mut Client, request: Request) -> (Reply, Option<i32>) {
+/// countdown armed here for the duration, and report what is left of it. `passed` is the
+/// descriptor the request came with (the caller closes it).
+fn answer(client: &mut Client, request: Request, passed: Option<i32>) -> (Reply, Option<i32>) {
     failpoint::set_fail_nth(request.fail_nth);
-    let (result, pass) = match perform(client, request) {
+    let (result, pass) = match perform(client, request, passed) {
         Ok((value, pass)) => (Ok(value), pass),
         Err(err) => (Err(err), None),
     };
@@ -806,7 +841,11 @@ fn answer(client: &mut Client, request: Request) -> (Reply, Option<i32>) {
 }
 
 /// The work of one request: its value, and a descriptor to pass back.
-fn perform(client: &mut Client, request: Request) -> SysResult<(i64, Option<i32>)> {
+fn perform(
+    client: &mut Client,
+    request: Request,
+    passed: Option<i32>,
+) -> SysResult<(i64, Option<i32>)> {
     match request.op {
         Op::Open => {
             let platform = platform()?;
@@ -848,11 +887,16 @@ fn perform(client: &mut Client, request: Request) -> SysResult<(i64, Option<i32>
             } else {
                 Direction::Write
             };
-            let offset = (request.c != u64::MAX).then_some(request.c);
-            let buf = usize::try_from(request.a).map_err(|_| Errno::EFAULT)?;
-            let count = usize::try_from(request.b).map_err(|_| Errno::EINVAL)?;
+            let io = FileIo {
+                direction,
+                buf: usize::try_from(request.a).map_err(|_| Errno::EFAULT)?,
+                count: usize::try_from(request.b).map_err(|_| Errno::EINVAL)?,
+                offset: (request.c != u64::MAX).then_some(request.c),
+            };
+            // The child's library passes the descriptor it read from (one its descriptor table
+            // maps to this file); without one, a stale readiness byte stays until a later read.
             let caller = client.caller()?;
-            let value = emulated_io(file, emulated, caller, direction, buf, count, offset)?;
+            let value = emulated_io(file, emulated, caller, io, passed)?;
             Ok((value, None))
         }
     }

@@ -4,14 +4,15 @@
 //! The library interposes the libc calls a program uses to reach a character device (`open`
 //! and its fortified and LFS variants, `close`, `dup*`, `fcntl`, `ioctl`, `read`/`write` and
 //! their positional and fortified variants, `close_range`, `closefrom`, `opendir`). Opening `/dev/iommu`
-//! returns an *emulated file*: a real kernel file descriptor (the write end of a pipe) whose
+//! returns an *emulated file*: a real kernel file descriptor (one end of a pipe or socket) whose
 //! ioctls are served by uiommu's iommufd engine over an in-process IOMMU core with the mock
 //! driver registered. Every other call goes to the real libc untouched.
 //!
 //! What the crate owns, and where:
 //! * [`fdtable`]: which descriptor numbers are emulated, and the library's own private
 //!   descriptors (kept out of the program's way).
-//! * [`files`]: emulated files, their pipes, and release on last close (the pipe trick).
+//! * [`files`]: emulated files, their pipes and socket pairs, release on last close (the pipe
+//!   trick), and the readiness that makes handed-out files pollable.
 //! * [`home`]: the emulated platform, and how a forked child keeps using its parent's files
 //!   (the "home server").
 //! * [`fault`]: fail-nth emulation (`/proc/.../fail-nth` and the debugfs knobs).
@@ -31,7 +32,8 @@
 //! `home::ROLE` → `home::CONNECTION` → `files::REGISTRY` → `fdtable::TABLE` →
 //! `fdtable::PRIVATE` → `fault::THREADS`. The fork handlers take all of them in this order.
 //! The file installer's reservation table (`home::Installer`) is a leaf outside this order: a
-//! fork child never uses it.
+//! fork child never uses it. So is each file's readiness lock (`files::Readiness`), taken with
+//! no library lock held, before the fault queue's own lock.
 
 pub mod fault;
 pub mod fdtable;

@@ -3,9 +3,10 @@
 //! Each function takes the call's arguments as plain integers (addresses stay numbers: the
 //! program's memory is only reached through [`crate::sys::read_user`] and friends) and returns
 //! an [`Outcome`]: leave the call to libc, give libc a different path, or the emulated result.
-//! Calls on emulated descriptors are answered entirely here with raw system calls on the pipe,
-//! so libc never sees an emulated descriptor except for the generic descriptor operations the
-//! kernel itself performs before reaching a driver (`FIOCLEX`, `FIONBIO`, `F_SETFD`, ...).
+//! Calls on emulated descriptors are answered entirely here (with raw system calls on the
+//! descriptor where the file needs them: see [`crate::files`] for the readiness byte), so libc
+//! never sees an emulated descriptor except for the generic descriptor operations the kernel
+//! itself performs before reaching a driver (`FIOCLEX`, `FIONBIO`, `F_SETFD`, ...).
 
 use std::ffi::CString;
 use std::sync::atomic::Ordering;
@@ -237,7 +238,7 @@ pub fn fcntl(fd: i32, cmd: i32, arg: usize) -> Outcome {
         return Outcome::Pass;
     };
     let result = if cmd == libc::F_GETFL {
-        // The pipe says O_WRONLY; the program opened the device with its own access mode.
+        // The pipe or socket end has its own access mode; the program opened the file with its.
         sys::fcntl(fd, libc::F_GETFL, 0)
             .map(|flags| (flags & !libc::O_ACCMODE) | target.mode().flags())
     } else {
@@ -278,10 +279,16 @@ pub fn read(fd: i32, buf: usize, count: usize, offset: Option<i64>) -> Outcome {
     let Some(target) = emulated(fd) else {
         return Outcome::Pass;
     };
-    Outcome::Done(read_file(&target, buf, count, offset))
+    Outcome::Done(read_file(&target, fd, buf, count, offset))
 }
 
-fn read_file(target: &Target, buf: usize, count: usize, offset: Option<i64>) -> SysResult<i64> {
+fn read_file(
+    target: &Target,
+    fd: i32,
+    buf: usize,
+    count: usize,
+    offset: Option<i64>,
+) -> SysResult<i64> {
     if !target.mode().read {
         return Err(Errno::EBADF);
     }
@@ -294,6 +301,7 @@ fn read_file(target: &Target, buf: usize, count: usize, offset: Option<i64>) -> 
         _ => {
             return home::file_io(
                 target,
+                fd,
                 Direction::Read,
                 buf,
                 count,
@@ -327,10 +335,16 @@ pub fn write(fd: i32, buf: usize, count: usize, offset: Option<i64>) -> Outcome 
     let Some(target) = emulated(fd) else {
         return Outcome::Pass;
     };
-    Outcome::Done(write_file(&target, buf, count, offset))
+    Outcome::Done(write_file(&target, fd, buf, count, offset))
 }
 
-fn write_file(target: &Target, buf: usize, count: usize, offset: Option<i64>) -> SysResult<i64> {
+fn write_file(
+    target: &Target,
+    fd: i32,
+    buf: usize,
+    count: usize,
+    offset: Option<i64>,
+) -> SysResult<i64> {
     if !target.mode().write {
         return Err(Errno::EBADF);
     }
@@ -342,6 +356,7 @@ fn write_file(target: &Target, buf: usize, count: usize, offset: Option<i64>) ->
         _ => {
             return home::file_io(
                 target,
+                fd,
                 Direction::Write,
                 buf,
                 count,

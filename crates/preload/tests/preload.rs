@@ -1,6 +1,6 @@
 //! The preload library, loaded into real programs: the `ioas_client` example (written against
-//! cloud-hypervisor's `iommufd-ioctls`), the `fd_semantics` example's checks, and a C program
-//! built with glibc's fortify and LFS redirections.
+//! cloud-hypervisor's `iommufd-ioctls`), the `fd_semantics` and `fault_poll` examples' checks,
+//! and a C program built with glibc's fortify and LFS redirections.
 //!
 //! The library and the examples are found next to this test's executable
 //! (`target/<profile>/`). A plain `cargo test -p uiommu-preload` builds them, but a filtered one
@@ -100,6 +100,48 @@ fn check(name: &str, env: &[(&str, &Path)]) {
         out.status,
         text(&out.stderr)
     );
+}
+
+/// Run one `fault_poll` check; it prints `ok NAME` on success.
+fn fault_check(name: &str) {
+    let out = run_preloaded(&example("fault_poll"), &[name], &[]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l == format!("ok {name}")),
+        "fault_poll {name}: {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_fault_fd_polls_readable_exactly_while_a_fault_is_queued() {
+    fault_check("poll");
+}
+
+#[test]
+fn a_fault_fd_selects_readable_exactly_while_a_fault_is_queued() {
+    fault_check("select");
+}
+
+#[test]
+fn a_fault_fd_works_with_level_and_edge_triggered_epoll() {
+    fault_check("epoll");
+}
+
+#[test]
+fn faults_make_a_fork_child_s_fault_fd_readable() {
+    fault_check("fork");
+}
+
+#[test]
+fn a_fault_fd_is_released_on_last_close_after_an_automatic_response() {
+    fault_check("close");
+}
+
+#[test]
+fn a_fault_fd_closed_while_readable_is_released() {
+    fault_check("close-readable");
 }
 
 #[test]
