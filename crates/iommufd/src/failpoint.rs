@@ -202,7 +202,7 @@ mod tests {
     }
 
     #[test]
-    fn handle_arms_another_thread() {
+    fn a_handle_arms_the_thread_it_was_taken_from() {
         let (tx, rx) = std::sync::mpsc::channel();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let worker = std::thread::spawn(move || {

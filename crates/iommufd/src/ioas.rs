@@ -14,9 +14,9 @@
 //! attached by then, because HWPTs and accesses hold a user on the IOAS.
 //!
 //! # Locking
-//! The payload adds no lock of its own: the engine's `domains` → `iova` → pages locks cover
-//! every IOAS ioctl. Fields that later kinds hang on an IOAS (the HWPT list) bring their own
-//! lock and document where it sits in that order.
+//! The engine's `domains` → `iova` → pages locks cover every IOAS ioctl. The payload's one
+//! lock of its own is the HWPT list's ([`HwptList`](crate::hwpt::HwptList), the kernel's
+//! `ioas->mutex`), which [`crate::hwpt`] and [`crate::device`] take before the engine's.
 
 use std::collections::BTreeMap;
 

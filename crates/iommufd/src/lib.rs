@@ -16,7 +16,16 @@
 //! The crate is a client of the IOMMU core (`uiommu-core`): it binds devices, claims their DMA
 //! ownership and allocates domains only through it. It does not know the mock driver, which
 //! reaches it through [`selftest::SelftestHook`].
+//!
+//! Lock order (each lock is documented where it is declared): an IOAS's HWPT list → a device
+//! group → the io page table (`domains` → `iova` → `Pages::state` → pin table) → the IOMMU
+//! core; a test driver's lock → an access → the io page table; the VFIO compat slot → the
+//! object table. The object table's and the fd table's mutexes are leaves.
+//!
+//! Unsafe code is denied here and allowed only in [`process_memory`] and [`shared_alias`],
+//! each under its own `# Safety` paragraph.
 #![deny(unsafe_code)]
+#![deny(missing_docs)]
 pub mod abi;
 pub mod access;
 pub mod ctx;

@@ -24,7 +24,8 @@
 //! Each passes local buffers that Rust owns and borrows for exactly the call (the kernel
 //! writes at most their stated lengths into them), while the remote addresses are plain
 //! numbers the kernel checks against the target's page tables. No pointer received from a
-//! caller is ever dereferenced in this process.
+//! caller is ever dereferenced in this process. The unit tests add `mmap`/`munmap` of their
+//! own anonymous mappings (never referenced from Rust) and `getrlimit` into a local.
 #![allow(unsafe_code)]
 
 use std::fs;

@@ -260,7 +260,7 @@ fn nested_domains_keep_iotlb_tags_until_invalidated() {
 }
 
 #[test]
-fn hw_info_and_pasids() {
+fn hw_info_is_the_selftest_regval_and_only_pasid_devices_have_pasids() {
     let (core, mock) = core_with_mock();
     let plain = mock.add_device(&core, MockDeviceFlags::default()).unwrap();
     let pasid = mock.add_device(&core, MockDeviceFlags::PASID).unwrap();

@@ -64,7 +64,7 @@ fn access_pages_pins_each_range_once_and_items_count_from_zero() {
 }
 
 #[test]
-fn access_pages_errors() {
+fn access_pages_rejections_answer_the_kernel_errno_and_leave_nothing_pinned() {
     let env = Env::new();
     let buf = Buffer::new(4 * PAGE as usize);
     let ioas = env.ioas_alloc();

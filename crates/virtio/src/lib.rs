@@ -9,7 +9,13 @@
 //!
 //! This crate must not know about iommufd or the mock driver: it sees the IOMMU core only through
 //! the core's driver traits, and guest memory only through `vm-memory`.
+//!
+//! Lock order (each lock is documented where it is declared): the driver's `attached` → a
+//! domain's `shadow` → the driver's `channel` → the device's `requestq` → the device's `state`;
+//! an endpoint IOTLB lock → the device's `state`. The device's `eventq` and the driver's `ids`
+//! and `devices` are leaves.
 #![deny(unsafe_code)]
+#![deny(missing_docs)]
 
 mod device;
 pub mod driver;
