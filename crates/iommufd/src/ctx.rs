@@ -29,7 +29,7 @@ use crate::ioctl::{op, IoctlOp, IoctlTable, Ucmd};
 use crate::object::{ObjId, ObjectTable, WeakRef};
 use crate::option;
 use crate::pages::{MemlockPolicy, RlimitMode};
-use crate::process_memory::{ProcessLimits, ProcessMemory};
+use crate::process_memory::{capable, ProcessLimits, ProcessMemory, CAP_SYS_RESOURCE};
 use crate::user_memory::UserMemory;
 use crate::vfio_compat;
 
@@ -106,28 +106,27 @@ impl Caller {
     /// # Errors
     /// `/proc/self` cannot be read.
     pub fn current() -> io::Result<Caller> {
-        let memory = ProcessMemory::current()?;
+        Caller::for_memory(ProcessMemory::current()?)
+    }
+
+    /// Process `pid` (a fork child whose ioctls another process serves), with its memory,
+    /// limits and `CAP_SYS_RESOURCE`.
+    ///
+    /// # Errors
+    /// `/proc/PID` cannot be read (the process is gone).
+    pub fn for_pid(pid: u32) -> io::Result<Caller> {
+        Caller::for_memory(ProcessMemory::for_pid(pid)?)
+    }
+
+    fn for_memory(memory: ProcessMemory) -> io::Result<Caller> {
         let limits = ProcessLimits::for_process(&memory)?;
+        let cap_sys_resource = capable(memory.mm().pid, CAP_SYS_RESOURCE);
         Ok(Caller {
             memory: Arc::new(memory),
             limits: Arc::new(limits),
-            cap_sys_resource: has_effective_cap(CAP_SYS_RESOURCE)?,
+            cap_sys_resource,
         })
     }
-}
-
-/// `CAP_SYS_RESOURCE`'s bit in the capability sets.
-const CAP_SYS_RESOURCE: u32 = 24;
-
-/// Whether this process has capability `cap` in its effective set (`/proc/self/status`).
-fn has_effective_cap(cap: u32) -> io::Result<bool> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let caps = status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .and_then(|value| u64::from_str_radix(value.trim(), 16).ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CapEff in status"))?;
-    Ok(caps & (1 << cap) != 0)
 }
 
 /// One open `/dev/iommu` (Linux `struct iommufd_ctx`).

@@ -410,7 +410,9 @@ pub struct ProcessLimits {
 }
 
 /// `CAP_IPC_LOCK`'s bit in the capability sets.
-const CAP_IPC_LOCK: u32 = 14;
+pub const CAP_IPC_LOCK: u32 = 14;
+/// `CAP_SYS_RESOURCE`'s bit in the capability sets.
+pub const CAP_SYS_RESOURCE: u32 = 24;
 
 fn status_field(pid: u32, name: &str) -> Option<String> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -418,6 +420,28 @@ fn status_field(pid: u32, name: &str) -> Option<String> {
         .lines()
         .find_map(|line| line.strip_prefix(name))
         .map(|value| value.trim().to_owned())
+}
+
+/// Linux `capable(cap)` for process `pid`: `cap` is in its effective set (`CapEff` of
+/// `/proc/PID/status`) and the process lives in the initial user namespace, because Linux's
+/// `capable()` asks about that namespace: root of a user namespace made by `unshare -Ur` has
+/// every capability in its own namespace and none that counts here. `false` when unreadable.
+pub fn capable(pid: u32, cap: u32) -> bool {
+    let effective = status_field(pid, "CapEff:")
+        .and_then(|caps| u64::from_str_radix(&caps, 16).ok())
+        .is_some_and(|caps| caps & (1 << cap) != 0);
+    effective
+        && fs::read_to_string(format!("/proc/{pid}/uid_map"))
+            .is_ok_and(|map| is_initial_uid_map(&map))
+}
+
+/// Whether a `uid_map` is the initial user namespace's: the identity over all 2^32 uids.
+fn is_initial_uid_map(map: &str) -> bool {
+    let lines: Vec<Vec<&str>> = map
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    lines == [vec!["0", "0", "4294967295"]]
 }
 
 impl ProcessLimits {
@@ -434,13 +458,10 @@ impl ProcessLimits {
                     .and_then(|real| real.parse().ok())
             })
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no Uid in status"))?;
-        let cap_ipc_lock = status_field(mm.pid, "CapEff:")
-            .and_then(|caps| u64::from_str_radix(&caps, 16).ok())
-            .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0);
         Ok(ProcessLimits {
             mm,
             uid,
-            cap_ipc_lock,
+            cap_ipc_lock: capable(mm.pid, CAP_IPC_LOCK),
         })
     }
 }
@@ -485,6 +506,14 @@ impl MemlockPolicy for ProcessLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_identity_map_over_all_uids_is_the_initial_user_namespace() {
+        assert!(is_initial_uid_map("         0          0 4294967295\n"));
+        assert!(!is_initial_uid_map("         0          0          1\n"));
+        assert!(!is_initial_uid_map("0 1000 1\n1 100000 65536\n"));
+        assert!(!is_initial_uid_map(""));
+    }
 
     /// An anonymous private mapping, unmapped on drop.
     struct Mapping {

@@ -21,7 +21,7 @@
 //! * An attached process forwards each call on such a descriptor, and every later
 //!   `/dev/iommu` open, to the home: `{op, file id, args, fail-nth countdown}`. The server
 //!   identifies the caller by `SO_PEERCRED` (same uid only) and runs the engine with a
-//!   [`Caller`] whose memory is the child's ([`ProcessMemory::for_pid`]); a grandchild, being
+//!   [`Caller`] whose memory is the child's ([`Caller::for_pid`]); a grandchild, being
 //!   attached to the same home, connects on its own (a connection is per pid).
 //! * Files opened for an attached process are created by the home, which keeps its end of the
 //!   pair and passes the program's end over the socket (`SCM_RIGHTS`): the last-close
@@ -52,7 +52,6 @@ use uiommu_iommufd::ctx::{Caller, Iommufd, IommufdCtx};
 use uiommu_iommufd::errno::Errno;
 use uiommu_iommufd::failpoint;
 use uiommu_iommufd::file::{EmulatedFile, FileInstaller};
-use uiommu_iommufd::process_memory::{ProcessLimits, ProcessMemory};
 use uiommu_iommufd::user_memory::UserVa;
 use uiommu_mock::{MockIommu, MockSelftest};
 
@@ -706,41 +705,10 @@ struct Client {
 impl Client {
     fn caller(&mut self) -> SysResult<&Caller> {
         if self.caller.is_none() {
-            let memory = ProcessMemory::for_pid(self.pid).map_err(|_| Errno::ESRCH)?;
-            let limits = ProcessLimits::for_process(&memory).map_err(|_| Errno::ESRCH)?;
-            self.caller = Some(Caller {
-                memory: Arc::new(memory),
-                limits: Arc::new(limits),
-                cap_sys_resource: has_effective_cap(self.pid, CAP_SYS_RESOURCE),
-            });
+            self.caller = Some(Caller::for_pid(self.pid).map_err(|_| Errno::ESRCH)?);
         }
         self.caller.as_ref().ok_or(Errno::ESRCH)
     }
-}
-
-/// `CAP_SYS_RESOURCE`'s bit in the capability sets.
-const CAP_SYS_RESOURCE: u32 = 24;
-
-/// Whether process `pid` has capability `cap` in its effective set (`CapEff` of
-/// `/proc/PID/status`, read with the library's own system calls); `false` when unreadable.
-fn has_effective_cap(pid: u32, cap: u32) -> bool {
-    let Ok(path) = std::ffi::CString::new(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    let Ok(fd) = sys::open(&path, libc::O_RDONLY, 0) else {
-        return false;
-    };
-    let mut status = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while let Ok(n @ 1..) = sys::read(fd, &mut chunk) {
-        status.extend_from_slice(&chunk[..n]);
-    }
-    let _ = sys::close(fd);
-    String::from_utf8_lossy(&status)
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .and_then(|value| u64::from_str_radix(value.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << cap) != 0)
 }
 
 /// The server loop: accept attached processes, answer their requests, and release files whose
