@@ -44,5 +44,7 @@ pub mod pages;
 pub mod process_memory;
 pub mod selftest;
 pub mod shared_alias;
+#[cfg(feature = "test-support")]
+pub mod testing;
 pub mod user_memory;
 pub mod vfio_compat;

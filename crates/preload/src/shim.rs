@@ -13,9 +13,9 @@ use std::sync::atomic::Ordering;
 
 use uiommu_iommufd::errno::Errno;
 
-use crate::fault::{self, FailNthPath};
+use crate::fault::{self, FailNthPath, Task};
 use crate::fdtable::{self, Target};
-use crate::files::{self, AccessMode, FileKind};
+use crate::files::{self, AccessMode, FileKind, ShimFile};
 use crate::home::{self, Direction, Node};
 use crate::sys::{self, SysResult};
 
@@ -273,47 +273,80 @@ pub fn ioctl(fd: i32, request: u64, arg: usize) -> Outcome {
 
 /// `read`/`pread` (`offset` given) into the program's `buf`.
 pub fn read(fd: i32, buf: usize, count: usize, offset: Option<i64>) -> Outcome {
+    transfer(fd, Direction::Read, buf, count, offset)
+}
+
+/// `write`/`pwrite` from the program's `buf`. The position is irrelevant to every emulated
+/// file (`proc_fail_nth_write()` ignores it), but a negative one is still refused.
+pub fn write(fd: i32, buf: usize, count: usize, offset: Option<i64>) -> Outcome {
+    transfer(fd, Direction::Write, buf, count, offset)
+}
+
+/// `read`/`write` in `direction` on `fd` if it is emulated.
+fn transfer(
+    fd: i32,
+    direction: Direction,
+    buf: usize,
+    count: usize,
+    offset: Option<i64>,
+) -> Outcome {
     if !fdtable::active() {
         return Outcome::Pass;
     }
     let Some(target) = emulated(fd) else {
         return Outcome::Pass;
     };
-    Outcome::Done(read_file(&target, fd, buf, count, offset))
+    Outcome::Done(file_transfer(&target, fd, direction, buf, count, offset))
 }
 
-fn read_file(
+/// The VFS's checks (access mode, then a negative position), then the file's own method:
+/// fail-nth files are served here; iommufd has no read or write method (EINVAL) and
+/// handed-out files have their own.
+fn file_transfer(
     target: &Target,
     fd: i32,
+    direction: Direction,
     buf: usize,
     count: usize,
     offset: Option<i64>,
 ) -> SysResult<i64> {
-    if !target.mode().read {
+    let mode = target.mode();
+    let permitted = match direction {
+        Direction::Read => mode.read,
+        Direction::Write => mode.write,
+    };
+    if !permitted {
         return Err(Errno::EBADF);
     }
     if offset.is_some_and(|o| o < 0) {
         return Err(Errno::EINVAL);
     }
-    let file = match target {
-        Target::Local(file) if matches!(file.kind, FileKind::FailNth(_)) => file,
-        // iommufd has no read method (EINVAL); handed-out files have their own.
-        _ => {
-            return home::file_io(
-                target,
-                fd,
-                Direction::Read,
-                buf,
-                count,
-                offset.map(|o| o as u64),
-            )
-        }
+    let fail_nth = match target {
+        Target::Local(file) => match &file.kind {
+            FileKind::FailNth(task) => Some((file, *task)),
+            _ => None,
+        },
+        Target::Remote(_) => None,
     };
-    let FileKind::FailNth(task) = &file.kind else {
-        return Err(Errno::EINVAL);
+    let Some((file, task)) = fail_nth else {
+        return home::file_io(target, fd, direction, buf, count, offset.map(|o| o as u64));
     };
     fault::register_current_thread();
-    let text = fault::format_value(fault::get(*task));
+    match direction {
+        Direction::Read => read_fail_nth(file, task, buf, count, offset),
+        Direction::Write => write_fail_nth(task, buf, count),
+    }
+}
+
+/// Read of `/proc/<tid>/fail-nth`: the value as text, from the file position or `offset`.
+fn read_fail_nth(
+    file: &ShimFile,
+    task: Task,
+    buf: usize,
+    count: usize,
+    offset: Option<i64>,
+) -> SysResult<i64> {
+    let text = fault::format_value(fault::get(task));
     let position = offset.map_or_else(|| file.position.load(Ordering::Acquire), |o| o as u64);
     let Some(available) = usize::try_from(position).ok().and_then(|p| text.get(p..)) else {
         return Ok(0);
@@ -326,55 +359,15 @@ fn read_file(
     Ok(n as i64)
 }
 
-/// `write`/`pwrite` from the program's `buf`. The position is irrelevant to every emulated
-/// file (`proc_fail_nth_write()` ignores it), but a negative one is still refused.
-pub fn write(fd: i32, buf: usize, count: usize, offset: Option<i64>) -> Outcome {
-    if !fdtable::active() {
-        return Outcome::Pass;
-    }
-    let Some(target) = emulated(fd) else {
-        return Outcome::Pass;
-    };
-    Outcome::Done(write_file(&target, fd, buf, count, offset))
-}
-
-fn write_file(
-    target: &Target,
-    fd: i32,
-    buf: usize,
-    count: usize,
-    offset: Option<i64>,
-) -> SysResult<i64> {
-    if !target.mode().write {
-        return Err(Errno::EBADF);
-    }
-    if offset.is_some_and(|o| o < 0) {
-        return Err(Errno::EINVAL);
-    }
-    let file = match target {
-        Target::Local(file) if matches!(file.kind, FileKind::FailNth(_)) => file,
-        _ => {
-            return home::file_io(
-                target,
-                fd,
-                Direction::Write,
-                buf,
-                count,
-                offset.map(|o| o as u64),
-            )
-        }
-    };
-    let FileKind::FailNth(task) = &file.kind else {
-        return Err(Errno::EINVAL);
-    };
-    fault::register_current_thread();
+/// Write of `/proc/<tid>/fail-nth`: parse the value and arm it; the position is ignored.
+fn write_fail_nth(task: Task, buf: usize, count: usize) -> SysResult<i64> {
     let mut text = [0u8; 34];
     let len = count.min(text.len());
     sys::read_user(buf, &mut text[..len])?;
     let value = fault::parse_value(&text[..len])?;
-    if !fault::task_exists(*task) {
+    if !fault::task_exists(task) {
         return Err(Errno::ESRCH);
     }
-    fault::set(*task, value);
+    fault::set(task, value);
     Ok(count as i64)
 }

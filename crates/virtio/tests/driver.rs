@@ -5,8 +5,8 @@ mod common;
 use common::*;
 use std::sync::Arc;
 use uiommu_core::{
-    CoreConfig, CoreError, DeviceDesc, DeviceId, DmaOwner, DomainRequest, DomainType, FwNode,
-    Fwspec, IommuCore, Iova, PagingFlags, PhysAddr, ProbeState, Prot, ReservedKind,
+    CoreConfig, CoreError, DeviceDesc, DeviceId, DmaOwner, Domain, DomainRequest, DomainType,
+    FwNode, Fwspec, IommuCore, Iova, PagingFlags, PhysAddr, ProbeState, Prot, ReservedKind,
 };
 use uiommu_virtio::{
     DeviceConfig, DriverMemory, EndpointIommu, FaultReason, VirtioDomain, VirtioIommu,
@@ -65,6 +65,15 @@ impl Rig {
             .unwrap()
     }
 
+    /// Adds "nic" at endpoint `EP` and maps `len` bytes at `IOVA` to `BUF` with `prot` in its
+    /// default domain.
+    fn add_mapped(&self, len: u64, prot: Prot) -> (DeviceId, Arc<Domain>) {
+        let dev = self.add("nic", EP);
+        let domain = self.core.default_domain(dev).unwrap();
+        domain.map(Iova(IOVA), PhysAddr(BUF), len, prot).unwrap();
+        (dev, domain)
+    }
+
     fn dma(&self, endpoint: u32) -> IommuMemory<GuestMemoryMmap, EndpointIommu> {
         let iommu = self.device.endpoint_iommu(endpoint).unwrap();
         IommuMemory::new(self.mem.clone(), iommu, true, ())
@@ -102,11 +111,7 @@ fn probed_device_gets_a_translated_default_domain_and_dma_goes_through_it() {
 #[test]
 fn dma_to_an_unmapped_iova_faults_and_the_fault_arrives_on_the_event_queue() {
     let rig = rig();
-    let dev = rig.add("nic", EP);
-    let domain = rig.core.default_domain(dev).unwrap();
-    domain
-        .map(Iova(IOVA), PhysAddr(BUF), 0x1000, Prot::READ_WRITE)
-        .unwrap();
+    let (_, _domain) = rig.add_mapped(0x1000, Prot::READ_WRITE);
 
     let mut byte = [0u8; 1];
     assert!(rig
@@ -133,11 +138,7 @@ fn dma_to_an_unmapped_iova_faults_and_the_fault_arrives_on_the_event_queue() {
 #[test]
 fn write_through_a_read_only_mapping_is_a_permission_fault() {
     let rig = rig();
-    let dev = rig.add("nic", EP);
-    let domain = rig.core.default_domain(dev).unwrap();
-    domain
-        .map(Iova(IOVA), PhysAddr(BUF), 0x1000, Prot::READ)
-        .unwrap();
+    let (_, _domain) = rig.add_mapped(0x1000, Prot::READ);
     let dma = rig.dma(EP);
     let mut byte = [0u8; 1];
     dma.read_slice(&mut byte, GuestAddress(IOVA)).unwrap();
@@ -151,11 +152,7 @@ fn write_through_a_read_only_mapping_is_a_permission_fault() {
 #[test]
 fn unmap_removes_the_translation_even_after_it_was_cached() {
     let rig = rig();
-    let dev = rig.add("nic", EP);
-    let domain = rig.core.default_domain(dev).unwrap();
-    domain
-        .map(Iova(IOVA), PhysAddr(BUF), 0x1000, Prot::READ_WRITE)
-        .unwrap();
+    let (_, domain) = rig.add_mapped(0x1000, Prot::READ_WRITE);
     let dma = rig.dma(EP);
     dma.write_slice(&[7], GuestAddress(IOVA)).unwrap();
     assert_eq!(domain.unmap(Iova(IOVA), 0x1000), 0x1000);
@@ -166,11 +163,7 @@ fn unmap_removes_the_translation_even_after_it_was_cached() {
 #[test]
 fn unmap_of_part_of_a_mapping_unmaps_nothing() {
     let rig = rig();
-    let dev = rig.add("nic", EP);
-    let domain = rig.core.default_domain(dev).unwrap();
-    domain
-        .map(Iova(IOVA), PhysAddr(BUF), 0x3000, Prot::READ_WRITE)
-        .unwrap();
+    let (_, domain) = rig.add_mapped(0x3000, Prot::READ_WRITE);
     assert_eq!(domain.unmap(Iova(IOVA + 0x1000), 0x1000), 0);
     rig.dma(EP)
         .write_slice(&[1], GuestAddress(IOVA + 0x2000))
@@ -217,11 +210,7 @@ fn map_over_a_reserved_region_surfaces_the_device_status_as_invalid() {
 #[test]
 fn overlapping_map_is_exists_and_outside_aperture_is_invalid() {
     let rig = rig();
-    let dev = rig.add("nic", EP);
-    let domain = rig.core.default_domain(dev).unwrap();
-    domain
-        .map(Iova(IOVA), PhysAddr(BUF), 0x2000, Prot::READ)
-        .unwrap();
+    let (_, domain) = rig.add_mapped(0x2000, Prot::READ);
     assert_eq!(
         domain.map(Iova(IOVA + 0x1000), PhysAddr(BUF), 0x1000, Prot::READ),
         Err(CoreError::Exists)
@@ -239,11 +228,7 @@ fn device_mapping_cap_surfaces_as_no_memory() {
         max_mappings_per_domain: 1,
         ..config()
     });
-    let dev = rig.add("nic", EP);
-    let domain = rig.core.default_domain(dev).unwrap();
-    domain
-        .map(Iova(IOVA), PhysAddr(BUF), 0x1000, Prot::READ)
-        .unwrap();
+    let (_, domain) = rig.add_mapped(0x1000, Prot::READ);
     assert_eq!(
         domain.map(Iova(IOVA + 0x1000), PhysAddr(BUF), 0x1000, Prot::READ),
         Err(CoreError::NoMemory)
@@ -253,11 +238,7 @@ fn device_mapping_cap_surfaces_as_no_memory() {
 #[test]
 fn claiming_dma_blocks_it_and_release_replays_the_default_domain_mappings() {
     let rig = rig();
-    let dev = rig.add("nic", EP);
-    let default = rig.core.default_domain(dev).unwrap();
-    default
-        .map(Iova(IOVA), PhysAddr(BUF), 0x1000, Prot::READ_WRITE)
-        .unwrap();
+    let (dev, _default) = rig.add_mapped(0x1000, Prot::READ_WRITE);
     let dma = rig.dma(EP);
     dma.write_slice(&[1], GuestAddress(IOVA)).unwrap();
 
@@ -400,11 +381,7 @@ fn two_endpoints_in_one_group_share_the_domain() {
 #[test]
 fn removing_the_device_detaches_its_endpoint() {
     let rig = rig();
-    let dev = rig.add("nic", EP);
-    let domain = rig.core.default_domain(dev).unwrap();
-    domain
-        .map(Iova(IOVA), PhysAddr(BUF), 0x1000, Prot::READ)
-        .unwrap();
+    let (dev, _domain) = rig.add_mapped(0x1000, Prot::READ);
     rig.core.remove_device(dev).unwrap();
     assert_eq!(
         rig.device.translate(EP, IOVA, vm_memory::Permissions::Read),

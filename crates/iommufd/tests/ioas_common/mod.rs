@@ -1,14 +1,14 @@
 //! Helpers shared by the IOAS and VFIO compat tests: a context opened on a fresh `/dev/iommu`, a
 //! caller whose pointers are this process's memory (under a private address-space identity, so
 //! pin counts of parallel tests stay apart), page-aligned buffers, and one-line wrappers that
-//! issue real ioctls with `#[repr(C)]` structs through `IommufdCtx::ioctl`.
+//! issue real ioctls with `#[repr(C)]` structs through `IommufdCtx::ioctl`. What the mock
+//! selftests need as well lives in `uiommu_iommufd::testing`; this module adds the rest.
 #![allow(dead_code)] // Each test binary uses its own subset.
 
 #[path = "../io_pagetable_common/mod.rs"]
 pub mod domains;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use uiommu_core::{CoreConfig, IommuCore};
 use uiommu_iommufd::abi::*;
@@ -16,112 +16,11 @@ use uiommu_iommufd::ctx::{Caller, Iommufd, IommufdCtx};
 use uiommu_iommufd::errno::Errno;
 use uiommu_iommufd::ioas::Ioas;
 use uiommu_iommufd::object::{ObjId, ObjRef};
-use uiommu_iommufd::pages::{self, FixedMemlockPolicy, LockedVm};
-use uiommu_iommufd::process_memory::ProcessMemory;
-use uiommu_iommufd::user_memory::{MmId, UserMemory, UserMemoryError, UserVa, PAGE_SIZE};
-use zerocopy::{FromBytes, IntoBytes};
+use uiommu_iommufd::pages::{FixedMemlockPolicy, LockedVm};
 
 pub use domains::RecordingDomain;
-
-/// This process's memory under an address-space identity of its own, optionally refusing
-/// writes to one range (a response struct the kernel's `copy_to_user` cannot write).
-#[derive(Debug)]
-pub struct TaggedMemory {
-    inner: ProcessMemory,
-    mm: MmId,
-    unwritable: Mutex<Option<(u64, u64)>>,
-    unreadable: Mutex<Option<(u64, u64)>>,
-}
-
-/// Whether `[addr, addr + len)` touches the half-open range `fence`.
-fn touches(fence: Option<(u64, u64)>, addr: UserVa, len: usize) -> bool {
-    fence.is_some_and(|(start, end)| addr.0 < end && addr.0 + len as u64 > start)
-}
-
-impl TaggedMemory {
-    pub fn new() -> TaggedMemory {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let inner = ProcessMemory::current().expect("/proc/self readable");
-        let mm = MmId {
-            pid: inner.mm().pid,
-            start_time: u64::MAX - NEXT.fetch_add(1, Ordering::Relaxed),
-        };
-        TaggedMemory {
-            inner,
-            mm,
-            unwritable: Mutex::new(None),
-            unreadable: Mutex::new(None),
-        }
-    }
-
-    /// Make writes that touch `[addr, addr + len)` fail; `len` 0 lifts the restriction.
-    pub fn refuse_writes(&self, addr: u64, len: u64) {
-        *self.unwritable.lock().unwrap() = (len != 0).then_some((addr, addr + len));
-    }
-
-    /// Make reads that touch `[addr, addr + len)` fail; `len` 0 lifts the restriction.
-    pub fn refuse_reads(&self, addr: u64, len: u64) {
-        *self.unreadable.lock().unwrap() = (len != 0).then_some((addr, addr + len));
-    }
-}
-
-impl UserMemory for TaggedMemory {
-    fn mm(&self) -> MmId {
-        self.mm
-    }
-
-    fn read(&self, addr: UserVa, buf: &mut [u8]) -> Result<(), UserMemoryError> {
-        if touches(*self.unreadable.lock().unwrap(), addr, buf.len()) {
-            return Err(UserMemoryError::Fault {
-                addr,
-                len: buf.len() as u64,
-            });
-        }
-        self.inner.read(addr, buf)
-    }
-
-    fn write(&self, addr: UserVa, data: &[u8]) -> Result<(), UserMemoryError> {
-        if touches(*self.unwritable.lock().unwrap(), addr, data.len()) {
-            return Err(UserMemoryError::Fault {
-                addr,
-                len: data.len() as u64,
-            });
-        }
-        self.inner.write(addr, data)
-    }
-
-    fn probe(&self, addr: UserVa, len: u64, writable: bool) -> Result<(), UserMemoryError> {
-        self.inner.probe(addr, len, writable)
-    }
-}
-
-/// A page-aligned, writable region of this process's heap.
-#[derive(Debug)]
-pub struct Buffer {
-    bytes: Vec<u8>,
-    offset: usize,
-    len: usize,
-}
-
-impl Buffer {
-    pub fn new(len: usize) -> Buffer {
-        let bytes = vec![0u8; len + PAGE_SIZE as usize];
-        let start = bytes.as_ptr() as usize;
-        let offset = start.next_multiple_of(PAGE_SIZE as usize) - start;
-        Buffer { bytes, offset, len }
-    }
-
-    pub fn addr(&self) -> u64 {
-        (self.bytes.as_ptr() as usize + self.offset) as u64
-    }
-
-    pub fn len(&self) -> u64 {
-        self.len as u64
-    }
-}
-
-/// A VA that is never mapped in this process (the first page above NULL).
-pub const UNMAPPED_VA: u64 = PAGE_SIZE;
+#[allow(unused_imports)] // Each test binary uses its own subset.
+pub use uiommu_iommufd::testing::{Buffer, IommufdClient, TaggedMemory, RW, UNMAPPED_VA};
 
 /// One context and the caller that issues its ioctls.
 #[derive(Debug)]
@@ -136,6 +35,16 @@ pub struct Fixture {
 impl Default for Fixture {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl IommufdClient for Fixture {
+    fn ctx(&self) -> &Arc<IommufdCtx> {
+        &self.ctx
+    }
+
+    fn caller(&self) -> &Caller {
+        &self.caller
     }
 }
 
@@ -185,50 +94,9 @@ impl Fixture {
         }
     }
 
-    /// The caller's address space, as pin counts know it.
-    pub fn mm(&self) -> MmId {
-        self.memory.mm()
-    }
-
-    /// Pages currently pinned in the caller's address space.
-    pub fn pins(&self) -> u64 {
-        pages::total_pins(self.mm())
-    }
-
-    /// `ioctl(fd, cmd, arg)` with `arg` pointing at `cmd_struct`.
-    pub fn ioctl<T: IntoBytes + FromBytes>(
-        &self,
-        cmd: u32,
-        cmd_struct: &mut T,
-    ) -> Result<i32, Errno> {
-        self.ctx
-            .ioctl(&self.caller, cmd, std::ptr::from_mut(cmd_struct) as u64)
-    }
-
     /// `ioctl(fd, cmd, arg)` with an integer (or deliberately bad pointer) argument.
     pub fn ioctl_raw(&self, cmd: u32, arg: u64) -> Result<i32, Errno> {
         self.ctx.ioctl(&self.caller, cmd, arg)
-    }
-
-    pub fn try_ioas_alloc(&self) -> Result<u32, Errno> {
-        let mut cmd = IommuIoasAlloc {
-            size: size_of::<IommuIoasAlloc>() as u32,
-            ..Default::default()
-        };
-        self.ioctl(IOMMU_IOAS_ALLOC, &mut cmd)?;
-        Ok(cmd.out_ioas_id)
-    }
-
-    pub fn ioas_alloc(&self) -> u32 {
-        self.try_ioas_alloc().expect("IOMMU_IOAS_ALLOC")
-    }
-
-    pub fn destroy(&self, id: u32) -> Result<(), Errno> {
-        let mut cmd = IommuDestroy {
-            size: size_of::<IommuDestroy>() as u32,
-            id,
-        };
-        self.ioctl(IOMMU_DESTROY, &mut cmd).map(|_| ())
     }
 
     /// `IOMMU_IOAS_MAP`; returns the IOVA written back.
@@ -268,18 +136,6 @@ impl Fixture {
             length,
             iova,
         )
-    }
-
-    /// `IOMMU_IOAS_UNMAP`; returns the length written back.
-    pub fn unmap(&self, ioas_id: u32, iova: u64, length: u64) -> Result<u64, Errno> {
-        let mut cmd = IommuIoasUnmap {
-            size: size_of::<IommuIoasUnmap>() as u32,
-            ioas_id,
-            iova,
-            length,
-        };
-        self.ioctl(IOMMU_IOAS_UNMAP, &mut cmd)?;
-        Ok(cmd.length)
     }
 
     /// `IOMMU_IOAS_COPY`; returns the destination IOVA written back.
@@ -388,6 +244,3 @@ impl Fixture {
             .collect()
     }
 }
-
-/// READABLE | WRITEABLE.
-pub const RW: u32 = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE;

@@ -1,10 +1,10 @@
 //! The selftest's view of uiommu: a `/dev/iommu` with the mock driver's `IOMMU_TEST_CMD` hook,
 //! one context, a caller whose pointers are this process's memory (under an address-space
 //! identity of its own, so pin counts of parallel tests stay apart), an in-process fd table,
-//! and one-line wrappers issuing real ioctls with `#[repr(C)]` structs.
+//! and one-line wrappers issuing real ioctls with `#[repr(C)]` structs. The helpers the IOAS
+//! tests need as well come from `uiommu_iommufd::testing`; this module adds the mock's own.
 #![allow(dead_code)] // Each test binary uses its own subset.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use uiommu_core::{BusKind, IommuCore};
@@ -13,77 +13,15 @@ use uiommu_iommufd::ctx::{Caller, Iommufd, IommufdCtx};
 use uiommu_iommufd::errno::Errno;
 use uiommu_iommufd::file::FdTable;
 use uiommu_iommufd::pages::{self, FixedMemlockPolicy};
-use uiommu_iommufd::process_memory::ProcessMemory;
-use uiommu_iommufd::user_memory::{MmId, UserMemory, UserMemoryError, UserVa, PAGE_SIZE};
+use uiommu_iommufd::user_memory::PAGE_SIZE;
 use uiommu_mock::{MockIommu, MockSelftest};
-use zerocopy::{FromBytes, IntoBytes};
 
-pub const RW: u32 = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE;
+#[allow(unused_imports)] // Each test binary uses its own subset.
+pub use uiommu_iommufd::testing::{Buffer, IommufdClient, TaggedMemory, RW, UNMAPPED_VA};
+
 /// The first IOVA of the mock aperture, where tests map.
 pub const BASE_IOVA: u64 = MOCK_APERTURE_START;
 pub const PAGE: u64 = PAGE_SIZE;
-
-/// This process's memory under an address-space identity of its own.
-#[derive(Debug)]
-pub struct TaggedMemory {
-    inner: ProcessMemory,
-    mm: MmId,
-}
-
-impl TaggedMemory {
-    pub fn new() -> TaggedMemory {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let inner = ProcessMemory::current().expect("/proc/self readable");
-        let mm = MmId {
-            pid: inner.mm().pid,
-            start_time: u64::MAX / 2 - NEXT.fetch_add(1, Ordering::Relaxed),
-        };
-        TaggedMemory { inner, mm }
-    }
-}
-
-impl UserMemory for TaggedMemory {
-    fn mm(&self) -> MmId {
-        self.mm
-    }
-    fn read(&self, addr: UserVa, buf: &mut [u8]) -> Result<(), UserMemoryError> {
-        self.inner.read(addr, buf)
-    }
-    fn write(&self, addr: UserVa, data: &[u8]) -> Result<(), UserMemoryError> {
-        self.inner.write(addr, data)
-    }
-    fn probe(&self, addr: UserVa, len: u64, writable: bool) -> Result<(), UserMemoryError> {
-        self.inner.probe(addr, len, writable)
-    }
-}
-
-/// A page-aligned region of this process's heap.
-#[derive(Debug)]
-pub struct Buffer {
-    bytes: Vec<u8>,
-    offset: usize,
-    len: usize,
-}
-
-impl Buffer {
-    pub fn new(len: usize) -> Buffer {
-        let bytes = vec![0u8; len + PAGE as usize];
-        let start = bytes.as_ptr() as usize;
-        let offset = start.next_multiple_of(PAGE as usize) - start;
-        Buffer { bytes, offset, len }
-    }
-
-    pub fn addr(&self) -> u64 {
-        (self.bytes.as_ptr() as usize + self.offset) as u64
-    }
-
-    pub fn len(&self) -> u64 {
-        self.len as u64
-    }
-}
-
-/// A VA never mapped in this process.
-pub const UNMAPPED_VA: u64 = PAGE;
 
 /// The mock selftest environment.
 #[derive(Debug)]
@@ -100,6 +38,16 @@ pub struct Env {
 impl Default for Env {
     fn default() -> Self {
         Env::new()
+    }
+}
+
+impl IommufdClient for Env {
+    fn ctx(&self) -> &Arc<IommufdCtx> {
+        &self.ctx
+    }
+
+    fn caller(&self) -> &Caller {
+        &self.caller
     }
 }
 
@@ -131,15 +79,6 @@ impl Env {
         }
     }
 
-    pub fn mm(&self) -> MmId {
-        self.memory.mm()
-    }
-
-    /// Pages pinned in the caller's address space.
-    pub fn pins(&self) -> u64 {
-        pages::total_pins(self.mm())
-    }
-
     /// Mock devices present in the core.
     pub fn mock_devices(&self) -> usize {
         self.core
@@ -154,33 +93,11 @@ impl Env {
         self.ctx.objects().len()
     }
 
-    pub fn ioctl<T: IntoBytes + FromBytes>(&self, cmd: u32, arg: &mut T) -> Result<i32, Errno> {
-        self.ctx
-            .ioctl(&self.caller, cmd, std::ptr::from_mut(arg) as u64)
-    }
-
     /// `IOMMU_TEST_CMD` with `payload` on object `id`; the command as written back.
     pub fn test_cmd<P: TestOpPayload>(&self, id: u32, payload: &P) -> Result<IommuTestCmd, Errno> {
         let mut cmd = IommuTestCmd::new(id, payload);
         self.ioctl(IOMMU_TEST_CMD, &mut cmd)?;
         Ok(cmd)
-    }
-
-    pub fn ioas_alloc(&self) -> u32 {
-        let mut cmd = IommuIoasAlloc {
-            size: size_of::<IommuIoasAlloc>() as u32,
-            ..Default::default()
-        };
-        self.ioctl(IOMMU_IOAS_ALLOC, &mut cmd).unwrap();
-        cmd.out_ioas_id
-    }
-
-    pub fn destroy(&self, id: u32) -> Result<(), Errno> {
-        let mut cmd = IommuDestroy {
-            size: size_of::<IommuDestroy>() as u32,
-            id,
-        };
-        self.ioctl(IOMMU_DESTROY, &mut cmd).map(|_| ())
     }
 
     pub fn map_flags(
@@ -206,17 +123,6 @@ impl Env {
 
     pub fn map(&self, ioas: u32, uptr: u64, length: u64, iova: u64) -> Result<u64, Errno> {
         self.map_flags(ioas, RW, uptr, length, iova)
-    }
-
-    pub fn unmap(&self, ioas: u32, iova: u64, length: u64) -> Result<u64, Errno> {
-        let mut cmd = IommuIoasUnmap {
-            size: size_of::<IommuIoasUnmap>() as u32,
-            ioas_id: ioas,
-            iova,
-            length,
-        };
-        self.ioctl(IOMMU_IOAS_UNMAP, &mut cmd)?;
-        Ok(cmd.length)
     }
 
     /// MOCK_DOMAIN on `pt`: (stdev, hwpt, idev).
