@@ -24,6 +24,7 @@ use uiommu_core::IommuCore;
 
 use crate::abi::*;
 use crate::errno::Errno;
+use crate::file::FileInstaller;
 use crate::ioas::{self, Ioas};
 use crate::ioctl::{op, IoctlOp, IoctlTable, Ucmd};
 use crate::object::{ObjId, ObjectTable, WeakRef};
@@ -89,6 +90,11 @@ pub struct Caller {
     pub limits: Arc<dyn MemlockPolicy>,
     /// `capable(CAP_SYS_RESOURCE)`: may change the context's RLIMIT_MODE.
     pub cap_sys_resource: bool,
+    /// The caller's descriptor table, when it is not the device's
+    /// ([`Iommufd::files`]): a process serving another's ioctls (a fork child's, through the
+    /// preload) cannot reserve numbers in that process's table with its own installer. Files
+    /// that ioctls hand out get their numbers here, see [`Call::files`].
+    pub files: Option<Arc<dyn FileInstaller>>,
 }
 
 impl Caller {
@@ -98,6 +104,7 @@ impl Caller {
             memory,
             limits,
             cap_sys_resource: false,
+            files: None,
         }
     }
 
@@ -125,6 +132,7 @@ impl Caller {
             memory: Arc::new(memory),
             limits: Arc::new(limits),
             cap_sys_resource,
+            files: None,
         })
     }
 }
@@ -152,6 +160,17 @@ pub struct Call {
     pub ctx: Arc<IommufdCtx>,
     /// Who issued it.
     pub caller: Caller,
+}
+
+impl Call {
+    /// Where files this ioctl hands out get their numbers: the caller's installer, else the
+    /// device's.
+    pub fn files(&self) -> &Arc<dyn FileInstaller> {
+        self.caller
+            .files
+            .as_ref()
+            .unwrap_or_else(|| self.ctx.iommufd.files())
+    }
 }
 
 impl IommufdCtx {

@@ -446,8 +446,7 @@ pub(crate) fn alloc(call: &Call, ucmd: &mut Ucmd<'_, IommuFaultAlloc>) -> Result
     if should_fail(FailSite::Alloc) {
         return Err(Errno::ENOMEM);
     }
-    let installer = call.ctx.iommufd().files();
-    let fd = FdReservation::new(installer.as_ref())?;
+    let fd = FdReservation::new(call.files().as_ref())?;
     ucmd.cmd.out_fault_id = reservation.id().raw();
     ucmd.cmd.out_fault_fd = fd.fd() as u32;
     ucmd.respond()?;

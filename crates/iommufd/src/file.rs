@@ -14,7 +14,9 @@
 //! never leaves a descriptor behind that user space does not know about.
 //!
 //! [`FileInstaller`] is the seam: the preload implements it on top of real kernel fds; the
-//! in-process default, [`FdTable`], hands out numbers from a table. An [`EmulatedFile`] is what
+//! in-process default, [`FdTable`], hands out numbers from a table. A caller whose descriptor
+//! table is not the device's (a fork child whose ioctls another process serves) brings its own
+//! ([`crate::ctx::Caller::files`]); ioctls take theirs from [`crate::ctx::Call::files`]. An [`EmulatedFile`] is what
 //! the preload serves `read`/`write`/`poll`/`close` from. Closing is dropping: each file kind
 //! releases its objects in its `Drop`, which runs when the last clone goes (the kernel's last
 //! `fput()`), so a lookup in flight keeps the file alive exactly as `fget()` does.

@@ -555,7 +555,7 @@ impl Drop for SelftestAccess {
 /// No file, or not an access file → `EBADFD`.
 fn access_file(call: &Call, fd: u32) -> Result<Arc<SelftestAccess>, Errno> {
     let fd = i32::try_from(fd).map_err(|_| Errno::EBADFD)?;
-    match call.ctx.iommufd().files().get(fd) {
+    match call.files().get(fd) {
         Some(EmulatedFile::Access(file)) => file.as_any().downcast().map_err(|_| Errno::EBADFD),
         _ => Err(Errno::EBADFD),
     }
@@ -577,8 +577,7 @@ fn create_access(call: &Call, ucmd: &mut Ucmd<'_, IommuTestCmd>) -> Result<(), E
         access: OnceLock::new(),
         items: Mutex::new(AccessItems::default()),
     });
-    let installer = call.ctx.iommufd().files();
-    let fd = FdReservation::new(installer.as_ref()).map_err(|_| Errno::ENOMEM)?;
+    let fd = FdReservation::new(call.files().as_ref()).map_err(|_| Errno::ENOMEM)?;
     let ops: Weak<dyn AccessOps> = {
         let ops: Arc<dyn AccessOps> = staccess.clone();
         Arc::downgrade(&ops)

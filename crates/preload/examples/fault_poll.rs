@@ -15,6 +15,9 @@
 //!   parent while the child waits in `poll`) makes the child's fd readable.
 //! * `close`, `close-readable`: after an automatic response, and with a fault still queued,
 //!   closing the fd releases the file (the FAULT object can then be destroyed).
+//! * `child-alloc`: a fork child allocates a fault queue and a selftest access on the
+//!   inherited iommufd; the fds are the child's own (lowest free, close-on-exec), read, poll
+//!   and name the access as the parent's would, and the child's close releases them.
 //!
 //! # Safety
 //! This program calls libc directly. Every pointer it passes is to a live local value or
@@ -67,9 +70,16 @@ struct Iopf {
     fault_fd: i32,
 }
 
-/// The selftest's iopf fixture: IOAS, mock domain, NEST_PARENT paging HWPT, fault queue,
-/// nested HWPT with `IOMMU_HWPT_FAULT_ID_VALID`, and the device moved onto it.
-fn setup() -> Result<Iopf, String> {
+/// A mock device on an IOAS, with a NEST_PARENT paging HWPT to nest fault-reporting HWPTs on.
+struct Domain {
+    iommufd: i32,
+    ioas: u32,
+    stdev: u32,
+    idev: u32,
+    parent: u32,
+}
+
+fn mock_nest_parent() -> Result<Domain, String> {
     // SAFETY: a literal NUL-terminated path.
     let iommufd = unsafe { libc::open(c"/dev/iommu".as_ptr(), libc::O_RDWR) };
     ensure(iommufd >= 0, || {
@@ -90,37 +100,62 @@ fn setup() -> Result<Iopf, String> {
         ..Default::default()
     };
     ioctl(iommufd, IOMMU_HWPT_ALLOC, &mut parent)?;
+    Ok(Domain {
+        iommufd,
+        ioas: ioas.out_ioas_id,
+        stdev: mock.out_stdev_id,
+        idev: mock.out_idev_id,
+        parent: parent.out_hwpt_id,
+    })
+}
+
+/// `IOMMU_FAULT_QUEUE_ALLOC`: the FAULT object's id and the fault fd.
+fn fault_queue(iommufd: i32) -> Result<(u32, i32), String> {
     let mut fault = IommuFaultAlloc {
         size: size_of::<IommuFaultAlloc>() as u32,
         ..Default::default()
     };
     ioctl(iommufd, IOMMU_FAULT_QUEUE_ALLOC, &mut fault)?;
+    Ok((fault.out_fault_id, fault.out_fault_fd as i32))
+}
+
+/// Nest a HWPT reporting to `fault` on the domain's parent and move the device onto it.
+fn nest_with_fault(domain: &Domain, fault: u32) -> Result<Iopf, String> {
     let mut data = IommuHwptSelftest { iotlb: 0 };
     let mut nested = IommuHwptAlloc {
         size: size_of::<IommuHwptAlloc>() as u32,
         flags: IOMMU_HWPT_FAULT_ID_VALID,
-        dev_id: mock.out_idev_id,
-        pt_id: parent.out_hwpt_id,
+        dev_id: domain.idev,
+        pt_id: domain.parent,
         data_type: IOMMU_HWPT_DATA_SELFTEST,
         data_len: size_of::<IommuHwptSelftest>() as u32,
         data_uptr: std::ptr::from_mut(&mut data) as u64,
-        fault_id: fault.out_fault_id,
+        fault_id: fault,
         ..Default::default()
     };
-    ioctl(iommufd, IOMMU_HWPT_ALLOC, &mut nested)?;
+    ioctl(domain.iommufd, IOMMU_HWPT_ALLOC, &mut nested)?;
     let replace = TestMockDomainReplace {
         pt_id: nested.out_hwpt_id,
     };
-    test_cmd(iommufd, mock.out_stdev_id, &replace)?;
+    test_cmd(domain.iommufd, domain.stdev, &replace)?;
     Ok(Iopf {
-        iommufd,
-        ioas: ioas.out_ioas_id,
-        stdev: mock.out_stdev_id,
-        idev: mock.out_idev_id,
+        iommufd: domain.iommufd,
+        ioas: domain.ioas,
+        stdev: domain.stdev,
+        idev: domain.idev,
         nested: nested.out_hwpt_id,
-        fault: fault.out_fault_id,
-        fault_fd: fault.out_fault_fd as i32,
+        fault,
+        fault_fd: -1,
     })
+}
+
+/// The selftest's iopf fixture: IOAS, mock domain, NEST_PARENT paging HWPT, fault queue,
+/// nested HWPT with `IOMMU_HWPT_FAULT_ID_VALID`, and the device moved onto it.
+fn setup() -> Result<Iopf, String> {
+    let domain = mock_nest_parent()?;
+    let (fault, fault_fd) = fault_queue(domain.iommufd)?;
+    let iopf = nest_with_fault(&domain, fault)?;
+    Ok(Iopf { fault_fd, ..iopf })
 }
 
 const FAULT_ADDR: u64 = 0xdead_beaf;
@@ -483,21 +518,204 @@ fn close_readable_check() -> Check {
         .map_err(|e| format!("the FAULT stayed busy after its fd was closed: errno {e}"))
 }
 
+/// The lowest descriptor number free now (what the next `open` would return).
+fn lowest_free() -> Result<i32, String> {
+    // SAFETY: duplicates stdin's slot probe onto the lowest free number, closed at once.
+    let probe = unsafe { libc::fcntl(0, libc::F_DUPFD, 0) };
+    ensure(probe >= 0, || format!("F_DUPFD: errno {}", errno()))?;
+    // SAFETY: closes the probe just made.
+    unsafe { libc::close(probe) };
+    Ok(probe)
+}
+
+/// Whether `fd` is open with close-on-exec, as handed-out files are.
+fn is_cloexec(fd: i32) -> bool {
+    // SAFETY: integer fcntl command.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) == libc::FD_CLOEXEC }
+}
+
+const ACCESS_IOVA: u64 = 1 << 24;
+const PAGE: usize = 4096;
+
+/// The child's half of `child-alloc`: it allocates a fault queue and an access on the
+/// inherited iommufd, uses both, reports the FAULT and nested HWPT ids on `to_parent`, and
+/// closes both once the parent writes to `to_child`.
+fn child_alloc(domain: &Domain, to_parent: i32, to_child: i32) -> Check {
+    let expected = lowest_free()?;
+    let (fault, fault_fd) = fault_queue(domain.iommufd)?;
+    ensure(fault_fd == expected, || {
+        format!("the fault fd is {fault_fd}, the lowest free number was {expected}")
+    })?;
+    ensure(is_cloexec(fault_fd), || {
+        "the fault fd is not close-on-exec".into()
+    })?;
+    let iopf = Iopf {
+        fault_fd,
+        ..nest_with_fault(domain, fault)?
+    };
+    ensure(poll_events(fault_fd, 0)? == libc::POLLOUT, || {
+        "the child's new fault fd polled other than POLLOUT".into()
+    })?;
+    iopf.trigger(1)?;
+    ensure(wait_readable(fault_fd, 1000)?, || {
+        "the child's fault did not make its fault fd readable".into()
+    })?;
+    iopf.read_and_respond(1)?;
+    ensure(poll_events(fault_fd, 0)? == libc::POLLOUT, || {
+        "the child's fault fd stayed readable after its read".into()
+    })?;
+
+    let expected = lowest_free()?;
+    let access = test_cmd(domain.iommufd, domain.ioas, &TestCreateAccess::default())?
+        .payload::<TestCreateAccess>()
+        .out_access_fd as i32;
+    ensure(access == expected, || {
+        format!("the access fd is {access}, the lowest free number was {expected}")
+    })?;
+    ensure(is_cloexec(access), || {
+        "the access fd is not close-on-exec".into()
+    })?;
+    // The access reads the child's memory mapped into the IOAS: the engine finds the access
+    // by the child's number.
+    // SAFETY: a fresh anonymous page chosen by the kernel; nothing else refers to it.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    ensure(page != libc::MAP_FAILED, || "mmap".into())?;
+    let pattern = 0x0123_4567_89ab_cdefu64.to_ne_bytes();
+    // SAFETY: the page is mapped writable and larger than the pattern.
+    unsafe { std::ptr::copy_nonoverlapping(pattern.as_ptr(), page.cast::<u8>(), 8) };
+    let mut map = IommuIoasMap {
+        size: size_of::<IommuIoasMap>() as u32,
+        flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+        ioas_id: domain.ioas,
+        user_va: page as u64,
+        length: PAGE as u64,
+        iova: ACCESS_IOVA,
+        ..Default::default()
+    };
+    ioctl(domain.iommufd, IOMMU_IOAS_MAP, &mut map)?;
+    let mut read_back = [0u8; 8];
+    let rw = TestAccessRw {
+        iova: ACCESS_IOVA,
+        length: 8,
+        uptr: read_back.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    test_cmd(domain.iommufd, access as u32, &rw)?;
+    ensure(read_back == pattern, || {
+        format!("ACCESS_RW through the child's access fd read {read_back:x?}")
+    })?;
+    let not_access = test_cmd(domain.iommufd, fault_fd as u32, &rw);
+    ensure(not_access.is_err() && errno() == libc::EBADFD, || {
+        "ACCESS_RW through the fault fd was not EBADFD".into()
+    })?;
+    let mut byte = [0u8; 1];
+    // SAFETY: a live one-byte buffer.
+    let n = unsafe { libc::read(access, byte.as_mut_ptr().cast(), 1) };
+    ensure(n == -1 && errno() == libc::EINVAL, || {
+        "a read of the child's access fd was not EINVAL".into()
+    })?;
+
+    let ids = [fault, iopf.nested];
+    // SAFETY: a live array of the stated size.
+    let n = unsafe { libc::write(to_parent, ids.as_ptr().cast(), size_of_val(&ids)) };
+    ensure(n == size_of_val(&ids) as isize, || "report ids".into())?;
+    // SAFETY: a live one-byte buffer.
+    let n = unsafe { libc::read(to_child, byte.as_mut_ptr().cast(), 1) };
+    ensure(n == 1, || "the parent did not answer".into())?;
+    for fd in [fault_fd, access] {
+        // SAFETY: closes our descriptor.
+        ensure(unsafe { libc::close(fd) } == 0, || {
+            format!("close {fd}: errno {}", errno())
+        })?;
+    }
+    Ok(())
+}
+
+/// Files an ioctl of a fork child hands out are the child's: its lowest free numbers,
+/// close-on-exec, readable, pollable and usable by number; the parent sees the objects, and
+/// the child's closes release them before `waitpid` returns.
+fn child_alloc_check() -> Check {
+    let domain = mock_nest_parent()?;
+    let mut to_parent = [0i32; 2];
+    let mut to_child = [0i32; 2];
+    // SAFETY: live arrays of two ints.
+    let piped = unsafe {
+        libc::pipe(to_parent.as_mut_ptr()) == 0 && libc::pipe(to_child.as_mut_ptr()) == 0
+    };
+    ensure(piped, || "pipe".into())?;
+    // SAFETY: the child uses inherited descriptors and its own memory, and leaves with _exit.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        let code = match child_alloc(&domain, to_parent[1], to_child[0]) {
+            Ok(()) => 0,
+            Err(what) => {
+                println!("child: {what}");
+                1
+            }
+        };
+        // SAFETY: leaves the child at once.
+        unsafe { libc::_exit(code) }
+    }
+    // SAFETY: closes our copies of the child's ends, so a dead child reads as end of file.
+    unsafe {
+        libc::close(to_parent[1]);
+        libc::close(to_child[0]);
+    }
+    let mut ids = [0u32; 2];
+    // SAFETY: a live array of the stated size.
+    let n = unsafe { libc::read(to_parent[0], ids.as_mut_ptr().cast(), size_of_val(&ids)) };
+    let reported = n == size_of_val(&ids) as isize;
+    let [fault, nested] = ids;
+    let busy = reported.then(|| destroy(domain.iommufd, fault));
+    // SAFETY: a live one-byte buffer.
+    unsafe { libc::write(to_child[1], [1u8].as_ptr().cast(), 1) };
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    ensure(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        || format!("the child failed: status {status:#x}"),
+    )?;
+    ensure(busy == Some(Err(libc::EBUSY)), || {
+        format!("destroying the child's FAULT while it held the fd gave {busy:?}")
+    })?;
+    let back = TestMockDomainReplace { pt_id: domain.ioas };
+    test_cmd(domain.iommufd, domain.stdev, &back)?;
+    destroy(domain.iommufd, nested).map_err(|e| format!("destroy nested: errno {e}"))?;
+    destroy(domain.iommufd, fault)
+        .map_err(|e| format!("the child's close did not release the fault fd: errno {e}"))?;
+    destroy(domain.iommufd, domain.stdev).map_err(|e| format!("destroy stdev: errno {e}"))?;
+    destroy(domain.iommufd, domain.parent).map_err(|e| format!("destroy parent: errno {e}"))?;
+    destroy(domain.iommufd, domain.ioas)
+        .map_err(|e| format!("the child's close did not release the access: errno {e}"))
+}
+
 /// A named check.
 type NamedCheck = (&'static str, fn() -> Check);
 
 fn main() -> ExitCode {
-    let checks: [NamedCheck; 6] = [
+    let checks: [NamedCheck; 7] = [
         ("poll", poll_check),
         ("select", select_check),
         ("epoll", epoll_check),
         ("fork", fork_check),
         ("close", close_check),
         ("close-readable", close_readable_check),
+        ("child-alloc", child_alloc_check),
     ];
     let Some(name) = std::env::args().nth(1) else {
         eprintln!(
-            "usage: fault_poll CHECK (one of poll, select, epoll, fork, close, close-readable)"
+            "usage: fault_poll CHECK (one of poll, select, epoll, fork, close, close-readable, \
+             child-alloc)"
         );
         return ExitCode::FAILURE;
     };

@@ -758,6 +758,92 @@ fn fail_nth_in_child() -> Check {
     })
 }
 
+/// In a fork child, sweep fail-nth over `ioctl` (which hands out one file, returned by
+/// `handed_out` from the ioctl's response): every failed attempt leaves the child's descriptor
+/// table as it was, and the first success adds exactly the returned descriptor. Returns how
+/// many attempts failed.
+fn sweep_file_ioctl(
+    knob: i32,
+    mut attempt: impl FnMut() -> Result<i32, i32>,
+) -> Result<u32, String> {
+    let mut failures = 0;
+    for nth in 1..=64 {
+        let before = open_descriptors(0);
+        write_fail_nth(knob, &nth.to_string()).map_err(|e| format!("arm {e}"))?;
+        let result = attempt();
+        write_fail_nth(knob, "0").map_err(|e| format!("disarm {e}"))?;
+        let after = open_descriptors(0);
+        match result {
+            Err(_) => {
+                failures += 1;
+                ensure(after == before, || {
+                    format!("failure {nth} left descriptors behind: {before:?} → {after:?}")
+                })?;
+            }
+            Ok(fd) => {
+                let added: Vec<i32> = after
+                    .iter()
+                    .copied()
+                    .filter(|f| !before.contains(f))
+                    .collect();
+                ensure(added == [fd], || {
+                    format!("success at {nth} returned {fd}, added {added:?}")
+                })?;
+                close(fd).map_err(|e| format!("close {fd}: errno {e}"))?;
+                return Ok(failures);
+            }
+        }
+    }
+    Err("no attempt succeeded".into())
+}
+
+fn fail_nth_child_files() -> Check {
+    let iommu = open_iommu(libc::O_RDWR)?;
+    let ioas = alloc_ioas(iommu)?;
+    // SAFETY: the child uses inherited descriptors and its own files, and leaves with _exit.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        let code = (|| -> Result<(), String> {
+            let knob = open(&fail_nth_path(), libc::O_RDWR).map_err(|e| format!("open {e}"))?;
+            // The library's connection to the parent is made by the child's first request:
+            // made now, it is not mistaken for a descriptor a failed ioctl left behind.
+            alloc_ioas(iommu)?;
+            let access_failures = sweep_file_ioctl(knob, || {
+                let mut cmd = IommuTestCmd::new(ioas, &TestCreateAccess::default());
+                ioctl(iommu, IOMMU_TEST_CMD, &mut cmd)?;
+                Ok(cmd.payload::<TestCreateAccess>().out_access_fd as i32)
+            })?;
+            let fault_failures = sweep_file_ioctl(knob, || {
+                let mut fault = IommuFaultAlloc {
+                    size: std::mem::size_of::<IommuFaultAlloc>() as u32,
+                    ..Default::default()
+                };
+                ioctl(iommu, IOMMU_FAULT_QUEUE_ALLOC, &mut fault)?;
+                Ok(fault.out_fault_fd as i32)
+            })?;
+            ensure(access_failures > 0 && fault_failures > 0, || {
+                format!("only {access_failures} and {fault_failures} injected failures")
+            })
+        })();
+        if let Err(message) = &code {
+            println!("child: {message}");
+        }
+        // SAFETY: leaves the child at once.
+        unsafe { libc::_exit(i32::from(code.is_err())) }
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    ensure(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        || format!("child failed: status {status:#x}"),
+    )?;
+    // Every access the child made (failed or closed) is gone: the IOAS is free.
+    ensure(destroy(iommu, ioas) == Ok(0), || {
+        "the child's accesses outlived it".into()
+    })
+}
+
 fn debugfs_redirect() -> Check {
     // SAFETY: a live path.
     let dir = unsafe { libc::opendir(c"/sys/kernel/debug/".as_ptr()) };
@@ -827,6 +913,7 @@ fn main() -> ExitCode {
         "wild-pointers" => wild_pointers(),
         "fail-nth" => fail_nth(),
         "fail-nth-in-child" => fail_nth_in_child(),
+        "fail-nth-child-files" => fail_nth_child_files(),
         "debugfs-redirect" => debugfs_redirect(),
         other => Err(format!("unknown check {other:?}")),
     };

@@ -28,6 +28,10 @@
 //!   detection of [`crate::files`] therefore spans all processes. A child's `close` asks the
 //!   home to check for release before returning, and the server also polls every file's kept
 //!   end, so a child that exits without closing releases what only it held.
+//! * Files an ioctl of an attached process hands out (fault queues, access fds) get numbers in
+//!   *its* descriptor table: the server runs the ioctl with a [`ChildFiles`] installer in the
+//!   [`Caller`], which asks the child, over the connection it waits on, to receive the program's
+//!   end at its lowest free number and later to record or close it ([`Callback`]).
 //! * The readiness byte of a handed-out file ([`crate::files::Readiness`]) is sent by the home
 //!   (the engine's notifications arrive there) into the one socket every process's copy of
 //!   the descriptor names, so a fault delivered while a child holds the fd makes the child's
@@ -354,9 +358,8 @@ fn emulated_io(
 /// the program's end of a socket pair (see [`crate::files`]), reserved at the lowest free number with
 /// close-on-exec as `get_unused_fd_flags(O_CLOEXEC)` does.
 ///
-/// Files handed out by an ioctl of a fork child would belong in the child's descriptor table,
-/// which the home cannot reach in the middle of an ioctl: the server thread refuses those
-/// reservations (`EMFILE`), and looks up no descriptor numbers for children.
+/// Only the home's own threads use it: a fork child's ioctls get a [`ChildFiles`] installer
+/// for the child's descriptor table with their [`Caller`].
 ///
 /// Locking: `pending` is a leaf mutex.
 #[derive(Debug, Default)]
@@ -371,16 +374,8 @@ impl Installer {
     }
 }
 
-thread_local! {
-    /// Set on the home server's thread: its ioctls are a fork child's.
-    static SERVING_CHILD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
 impl FileInstaller for Installer {
     fn reserve(&self) -> Result<i32, Errno> {
-        if SERVING_CHILD.with(std::cell::Cell::get) {
-            return Err(Errno::from_raw(libc::EMFILE));
-        }
         let (kept_end, program_end) = files::socket_pair()?;
         match files::place_lowest(program_end, true) {
             Ok(fd) => {
@@ -412,9 +407,6 @@ impl FileInstaller for Installer {
     }
 
     fn get(&self, fd: i32) -> Option<EmulatedFile> {
-        if SERVING_CHILD.with(std::cell::Cell::get) {
-            return None;
-        }
         let (found, stale) = fdtable::lookup(fd);
         release(stale);
         match found? {
@@ -423,6 +415,109 @@ impl FileInstaller for Installer {
                 FileKind::Iommufd(_) | FileKind::FailNth(_) => None,
             },
             Target::Remote(_) => None,
+        }
+    }
+}
+
+/// The [`FileInstaller`] for one ioctl of a fork child, run by the home server: numbers are
+/// descriptors of the *child*, which the home reaches over the child's connection while the
+/// child waits for the ioctl's reply (see [`Callback`]).
+///
+/// * `reserve`: the home makes the socket pair, keeps its end and passes the program's end to
+///   the child (`SCM_RIGHTS`), which receives it at its lowest free number, close-on-exec (as
+///   `get_unused_fd_flags(O_CLOEXEC)` allocates), and answers with the number. A child whose
+///   table is full receives no descriptor and answers `EMFILE`.
+/// * `install`: the home registers the file, as for its own ioctls, and the child records its
+///   number as a reference to it ([`Target::Remote`]).
+/// * `unreserve`: the child closes the number and the home its kept end, so a failed ioctl
+///   leaves no descriptor in either process.
+/// * `get`: the child names the file its number refers to.
+///
+/// Locking: `pending` is a leaf mutex; the connection is the server thread's alone while the
+/// ioctl runs.
+#[derive(Debug)]
+struct ChildFiles {
+    /// The server's end of the child's connection.
+    connection: i32,
+    /// Reserved numbers of the child → the library's ends of their socket pairs.
+    pending: Mutex<std::collections::HashMap<i32, PrivateFd>>,
+}
+
+impl ChildFiles {
+    fn new(connection: i32) -> ChildFiles {
+        ChildFiles {
+            connection,
+            pending: Mutex::default(),
+        }
+    }
+
+    fn pending(&self) -> MutexGuard<'_, std::collections::HashMap<i32, PrivateFd>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ask the child to carry out `callback` (with `pass` passed along) and return its answer.
+    /// A child that is gone or answers garbage: `EIO`.
+    fn ask(&self, callback: Callback, pass: Option<i32>) -> SysResult<i64> {
+        sys::send_message(self.connection, &callback.encode(), pass).map_err(|_| Errno::EIO)?;
+        let mut buf = [0u8; REPLY_LEN + 1];
+        let (len, passed) =
+            sys::receive_message(self.connection, &mut buf).map_err(|_| Errno::EIO)?;
+        if let Some(unexpected) = passed {
+            let _ = sys::close(unexpected);
+        }
+        reply_value(Reply::decode(&buf[..len]).ok_or(Errno::EIO)?)
+    }
+}
+
+impl FileInstaller for ChildFiles {
+    fn reserve(&self) -> Result<i32, Errno> {
+        let (kept_end, program_end) = files::socket_pair()?;
+        let answer = self.ask(Callback::Reserve, Some(program_end));
+        let _ = sys::close(program_end);
+        match answer.and_then(|fd| i32::try_from(fd).map_err(|_| Errno::EIO)) {
+            Ok(fd) => {
+                self.pending().insert(fd, kept_end);
+                Ok(fd)
+            }
+            Err(err) => {
+                kept_end.close();
+                Err(err)
+            }
+        }
+    }
+
+    fn unreserve(&self, fd: i32) {
+        if let Some(kept_end) = self.pending().remove(&fd) {
+            if let Err(err) = self.ask(Callback::Unreserve { fd }, None) {
+                log::line(format_args!("child could not give up fd {fd}: {err}"));
+            }
+            kept_end.close();
+        }
+    }
+
+    fn install(&self, fd: i32, file: EmulatedFile) {
+        let Some(kept_end) = self.pending().remove(&fd) else {
+            return;
+        };
+        let mode = AccessMode::from_flags(libc::O_RDWR);
+        let shim = files::register(FileKind::Emulated(file), mode, kept_end);
+        log::line(format_args!(
+            "install file {} at a child's fd {fd}",
+            shim.id
+        ));
+        // Should the child be gone, its end is closed with it and the server's poll of the
+        // kept ends releases the file.
+        if let Err(err) = self.ask(Callback::Install { fd, file: shim.id }, None) {
+            log::line(format_args!("child could not install fd {fd}: {err}"));
+        }
+    }
+
+    fn get(&self, fd: i32) -> Option<EmulatedFile> {
+        let id = self.ask(Callback::Lookup { fd }, None).ok()?;
+        let file = files::get(FileId::try_from(id).ok()?)?;
+        match &file.kind {
+            FileKind::Emulated(emulated) => Some(emulated.clone()),
+            FileKind::Iommufd(_) | FileKind::FailNth(_) => None,
         }
     }
 }
@@ -550,6 +645,53 @@ fn reply_value(reply: Reply) -> SysResult<i64> {
     }
 }
 
+/// What the home asks of a child in the middle of the child's ioctl, for the child's
+/// descriptor table ([`ChildFiles`]). The child answers each with a [`Reply`] (its `fail_nth`
+/// unused) and keeps waiting for the ioctl's own reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Callback {
+    /// Keep the descriptor passed along (at the lowest free number) and answer its number.
+    Reserve,
+    /// Close `fd`, a number reserved earlier in this ioctl.
+    Unreserve { fd: i32 },
+    /// `fd`, reserved earlier in this ioctl, now refers to the home's file `file`.
+    Install { fd: i32, file: FileId },
+    /// Answer the id of the home's file `fd` refers to.
+    Lookup { fd: i32 },
+}
+
+/// A callback's length, distinct from [`REPLY_LEN`]: it is how a child tells the two apart.
+const CALLBACK_LEN: usize = 24;
+
+impl Callback {
+    fn encode(&self) -> [u8; CALLBACK_LEN] {
+        let (tag, fd, file) = match *self {
+            Callback::Reserve => (1u32, -1, 0),
+            Callback::Unreserve { fd } => (2, fd, 0),
+            Callback::Install { fd, file } => (3, fd, file),
+            Callback::Lookup { fd } => (4, fd, 0),
+        };
+        let mut out = [0u8; CALLBACK_LEN];
+        out[0..4].copy_from_slice(&tag.to_le_bytes());
+        out[4..8].copy_from_slice(&fd.to_le_bytes());
+        out[8..16].copy_from_slice(&file.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Callback> {
+        let bytes: &[u8; CALLBACK_LEN] = bytes.try_into().ok()?;
+        let fd = i32::from_le_bytes(bytes[4..8].try_into().ok()?);
+        let file = u64::from_le_bytes(bytes[8..16].try_into().ok()?);
+        match u32::from_le_bytes(bytes[0..4].try_into().ok()?) {
+            1 => Some(Callback::Reserve),
+            2 => Some(Callback::Unreserve { fd }),
+            3 => Some(Callback::Install { fd, file }),
+            4 => Some(Callback::Lookup { fd }),
+            _ => None,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Client side (attached processes).
 
@@ -598,21 +740,38 @@ fn call_passing(
             number
         }
     };
-    let exchange = || -> SysResult<(Reply, Option<i32>)> {
+    // Numbers the home reserved in this process during the request and has not installed yet,
+    // and stale table entries met meanwhile (released once the connection is free again).
+    let mut reserved: Vec<i32> = Vec::new();
+    let mut stale: Vec<Target> = Vec::new();
+    let mut exchange = || -> SysResult<(Reply, Option<i32>)> {
         sys::send_message(fd, &request.encode(), pass)?;
-        let mut buf = [0u8; REPLY_LEN + 1];
-        let (len, passed) = sys::receive_message(fd, &mut buf)?;
-        match Reply::decode(&buf[..len]) {
-            Some(reply) => Ok((reply, passed)),
-            None => {
-                if let Some(fd) = passed {
-                    let _ = sys::close(fd);
-                }
-                Err(Errno::EIO)
+        loop {
+            let mut buf = [0u8; CALLBACK_LEN + 1];
+            let (len, passed) = sys::receive_message(fd, &mut buf)?;
+            if let Some(callback) = Callback::decode(&buf[..len]) {
+                let answer = answer_callback(callback, passed, &mut reserved, &mut stale);
+                sys::send_message(fd, &Reply::from_result(answer, 0).encode(), None)?;
+                continue;
             }
+            return match Reply::decode(&buf[..len]) {
+                Some(reply) => Ok((reply, passed)),
+                None => {
+                    if let Some(fd) = passed {
+                        let _ = sys::close(fd);
+                    }
+                    Err(Errno::EIO)
+                }
+            };
         }
     };
-    match exchange() {
+    let exchanged = exchange();
+    // The home gives up or installs every reservation before it replies; one left over means
+    // the exchange broke off, and the ioctl failed: no descriptor stays behind.
+    for fd in reserved {
+        let _ = sys::close(fd);
+    }
+    let result = match exchanged {
         Ok((reply, passed)) => {
             if fault::enabled() {
                 failpoint::set_fail_nth(reply.fail_nth);
@@ -628,6 +787,75 @@ fn call_passing(
                 conn.fd.close();
             }
             Err(Errno::EIO)
+        }
+    };
+    drop(slot);
+    for target in stale {
+        release(Some(target));
+    }
+    result
+}
+
+/// Carry out `callback` of the home for this process's descriptor table, during a request
+/// (see [`ChildFiles`]); `passed` is the descriptor that came with it, `reserved` the numbers
+/// reserved so far, and `stale` collects table entries to release afterwards.
+fn answer_callback(
+    callback: Callback,
+    passed: Option<i32>,
+    reserved: &mut Vec<i32>,
+    stale: &mut Vec<Target>,
+) -> SysResult<i64> {
+    if callback != Callback::Reserve {
+        if let Some(unexpected) = passed {
+            let _ = sys::close(unexpected);
+        }
+    }
+    let mut take_reserved = |fd: i32| match reserved.iter().position(|&r| r == fd) {
+        Some(at) => {
+            reserved.swap_remove(at);
+            Ok(())
+        }
+        None => Err(Errno::EBADF),
+    };
+    match callback {
+        Callback::Reserve => {
+            // The kernel passes no descriptor to a process whose table is full.
+            let fd = passed.ok_or(Errno::from_raw(libc::EMFILE))?;
+            reserved.push(fd);
+            Ok(fd.into())
+        }
+        Callback::Unreserve { fd } => {
+            take_reserved(fd)?;
+            let _ = sys::close(fd);
+            Ok(0)
+        }
+        Callback::Install { fd, file } => {
+            take_reserved(fd)?;
+            let remote = RemoteFile {
+                id: file,
+                mode: AccessMode::from_flags(libc::O_RDWR),
+                has_io: true,
+            };
+            match fdtable::insert(fd, Target::Remote(remote)) {
+                Ok(replaced) => {
+                    stale.extend(replaced);
+                    Ok(0)
+                }
+                Err(err) => {
+                    let _ = sys::close(fd);
+                    Err(err)
+                }
+            }
+        }
+        Callback::Lookup { fd } => {
+            let (found, old) = fdtable::lookup(fd);
+            stale.extend(old);
+            match found {
+                Some(Target::Remote(remote)) if remote.has_io => {
+                    i64::try_from(remote.id).map_err(|_| Errno::EBADF)
+                }
+                _ => Err(Errno::EBADF),
+            }
         }
     }
 }
@@ -714,7 +942,6 @@ impl Client {
 /// The server loop: accept attached processes, answer their requests, and release files whose
 /// descriptors are all gone.
 fn serve(listener: PrivateFd, wake: PrivateFd) {
-    SERVING_CHILD.with(|serving| serving.set(true));
     let mut clients: Vec<Client> = Vec::new();
     let uid = sys::getuid();
     loop {
@@ -836,8 +1063,10 @@ fn perform(
             let Some(FileKind::Iommufd(ctx)) = file.as_deref().map(|f| &f.kind) else {
                 return Err(Errno::EBADF);
             };
-            let caller = client.caller()?;
-            let value = ctx.ioctl(caller, request.a as u32, request.b)?;
+            // Files the ioctl hands out belong in the child's descriptor table.
+            let mut caller = client.caller()?.clone();
+            caller.files = Some(Arc::new(ChildFiles::new(client.fd.get())));
+            let value = ctx.ioctl(&caller, request.a as u32, request.b)?;
             Ok((value.into(), None))
         }
         Op::Release => {

@@ -31,8 +31,9 @@
 //! Lock order (each lock is documented where it is declared): `files::RELEASE` →
 //! `home::ROLE` → `home::CONNECTION` → `files::REGISTRY` → `fdtable::TABLE` →
 //! `fdtable::PRIVATE` → `fault::THREADS`. The fork handlers take all of them in this order.
-//! The file installer's reservation table (`home::Installer`) is a leaf outside this order: a
-//! fork child never uses it. So is each file's readiness lock (`files::Readiness`), taken with
+//! The file installers' reservation tables (`home::Installer`, and `home::ChildFiles` on the
+//! home server's thread) are leaves outside this order. A fork child answers the home's
+//! requests for its descriptor table under `home::CONNECTION`, taking `fdtable::TABLE` after it. So is each file's readiness lock (`files::Readiness`), taken with
 //! no library lock held, before the fault queue's own lock.
 
 pub mod fault;

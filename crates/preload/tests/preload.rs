@@ -130,6 +130,11 @@ fn a_fault_fd_works_with_level_and_edge_triggered_epoll() {
 }
 
 #[test]
+fn files_a_fork_child_s_ioctls_hand_out_are_the_child_s_descriptors() {
+    fault_check("child-alloc");
+}
+
+#[test]
 fn faults_make_a_fork_child_s_fault_fd_readable() {
     fault_check("fork");
 }
@@ -279,6 +284,19 @@ fn a_fork_child_s_countdown_travels_with_its_requests() {
     let dir = scratch("failnth-child");
     check(
         "fail-nth-in-child",
+        &[
+            ("UIOMMU_FAULT_INJECTION", Path::new("1")),
+            ("UIOMMU_DEBUGFS_DIR", &dir),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_failed_file_ioctl_of_a_fork_child_leaves_no_descriptor_in_it() {
+    let dir = scratch("failnth-child-files");
+    check(
+        "fail-nth-child-files",
         &[
             ("UIOMMU_FAULT_INJECTION", Path::new("1")),
             ("UIOMMU_DEBUGFS_DIR", &dir),
