@@ -29,19 +29,9 @@ use std::time::Duration;
 
 use uiommu_iommufd::abi::*;
 
-type Check = Result<(), String>;
+mod common;
 
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-fn ensure(condition: bool, what: impl FnOnce() -> String) -> Check {
-    if condition {
-        Ok(())
-    } else {
-        Err(what())
-    }
-}
+use common::{ensure, errno, report, Check};
 
 fn ioctl<T>(fd: i32, cmd: u32, arg: &mut T) -> Result<(), String> {
     // SAFETY: `arg` is a live struct whose first field states its size.
@@ -723,14 +713,5 @@ fn main() -> ExitCode {
         eprintln!("unknown check {name}");
         return ExitCode::FAILURE;
     };
-    match check() {
-        Ok(()) => {
-            println!("ok {name}");
-            ExitCode::SUCCESS
-        }
-        Err(what) => {
-            println!("not ok {name}: {what}");
-            ExitCode::FAILURE
-        }
-    }
+    report(&name, check())
 }

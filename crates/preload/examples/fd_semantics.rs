@@ -15,23 +15,13 @@ use std::process::ExitCode;
 
 use uiommu_iommufd::abi::*;
 
-type Check = Result<(), String>;
+mod common;
+
+use common::{ensure, errno, report, Check};
 
 extern "C" {
     /// glibc 2.34's `closefrom`, which the libc crate does not declare for Linux.
     fn closefrom(lowfd: libc::c_int);
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-fn ensure(condition: bool, what: impl FnOnce() -> String) -> Check {
-    if condition {
-        Ok(())
-    } else {
-        Err(what())
-    }
 }
 
 fn open(path: &CStr, flags: i32) -> Result<i32, i32> {
@@ -918,15 +908,5 @@ fn main() -> ExitCode {
         other => Err(format!("unknown check {other:?}")),
     };
     // The exec'd half of `cloexec` reports for the whole check.
-    let name = name.strip_suffix("-after-exec").unwrap_or(name);
-    match result {
-        Ok(()) => {
-            println!("ok {name}");
-            ExitCode::SUCCESS
-        }
-        Err(message) => {
-            println!("FAIL {name}: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    report(name.strip_suffix("-after-exec").unwrap_or(name), result)
 }
