@@ -944,6 +944,17 @@ mod tests {
         })
     }
 
+    /// Like [`add_probe`], keeping an owner's reference (users = 2).
+    fn add_owned_probe(table: &ObjectTable, drops: &Arc<AtomicUsize>) -> (ObjId, UsersRef<Probe>) {
+        let r = table.reserve::<Probe>().unwrap();
+        let id = r.id();
+        let owner = r.finalize_owned(Probe {
+            id,
+            drops: Arc::clone(drops),
+        });
+        (id, owner)
+    }
+
     #[test]
     fn table_and_refs_are_send_and_sync() {
         fn check<T: Send + Sync>() {}
@@ -1117,12 +1128,7 @@ mod tests {
     fn owned_objects_resist_user_destroy() {
         let table = ObjectTable::new();
         let drops = Arc::new(AtomicUsize::new(0));
-        let r = table.reserve::<Probe>().unwrap();
-        let id = r.id();
-        let owner = r.finalize_owned(Probe {
-            id,
-            drops: Arc::clone(&drops),
-        });
+        let (id, owner) = add_owned_probe(&table, &drops);
         assert_eq!(owner.id(), id);
         assert_eq!(table.destroy(id).unwrap_err(), Errno::EBUSY);
         table.destroy_owned(owner).unwrap();
@@ -1134,12 +1140,7 @@ mod tests {
     fn destroy_owned_is_busy_with_other_long_term_users() {
         let table = ObjectTable::new();
         let drops = Arc::new(AtomicUsize::new(0));
-        let r = table.reserve::<Probe>().unwrap();
-        let id = r.id();
-        let owner = r.finalize_owned(Probe {
-            id,
-            drops: Arc::clone(&drops),
-        });
+        let (id, owner) = add_owned_probe(&table, &drops);
         let other = owner.clone();
         assert_eq!(table.destroy_owned(owner).unwrap_err(), Errno::EBUSY);
         assert_eq!(
@@ -1173,12 +1174,7 @@ mod tests {
     fn destroy_owned_waits_for_lookups_in_flight() {
         let table = ObjectTable::new();
         let drops = Arc::new(AtomicUsize::new(0));
-        let r = table.reserve::<Probe>().unwrap();
-        let id = r.id();
-        let owner = r.finalize_owned(Probe {
-            id,
-            drops: Arc::clone(&drops),
-        });
+        let (id, owner) = add_owned_probe(&table, &drops);
         let held = table.get::<Probe>(id).unwrap();
         assert_eq!(
             table.counts(id),
@@ -1216,12 +1212,7 @@ mod tests {
     fn put_and_try_destroy_only_destroys_the_last_user() {
         let table = ObjectTable::new();
         let drops = Arc::new(AtomicUsize::new(0));
-        let r = table.reserve::<Probe>().unwrap();
-        let id = r.id();
-        let first = r.finalize_owned(Probe {
-            id,
-            drops: Arc::clone(&drops),
-        });
+        let (_, first) = add_owned_probe(&table, &drops);
         let second = first.clone();
         assert!(!table.put_and_try_destroy(first));
         assert_eq!(table.len(), 1);
