@@ -116,7 +116,7 @@ impl TableMemory {
     /// The 8-byte word at physical address `pa`, as a table walker would read
     /// it; `None` outside table memory or when `pa` is not 8-byte aligned.
     pub fn read_u64(&self, pa: u64) -> Option<u64> {
-        if pa % 8 != 0 {
+        if !pa.is_multiple_of(8) {
             return None;
         }
         let word = pa.checked_sub(PHYS_BASE)? / 8;

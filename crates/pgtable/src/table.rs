@@ -126,9 +126,9 @@ impl<F: Format> PageTable<F> {
         for level in 0..=top {
             let sizes = format.leaf_sizes(level) & config.pgsize_mask;
             let sizes = sizes & below(format.va_bits()) & below(format.oa_bits());
-            for lg2 in 0..64 {
+            for (lg2, slot) in level_of_size.iter_mut().enumerate() {
                 if sizes & (1 << lg2) != 0 {
-                    level_of_size[lg2] = level as u8;
+                    *slot = level as u8;
                 }
             }
             pgsize_bitmap |= sizes;
@@ -336,7 +336,9 @@ impl<F: Format> PageTable<F> {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic never leaves a half-written tree (every write is one PTE or
         // a fill of one leaf group), so a poisoned lock still guards valid state.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// `pgsize * pgcount`, after checking `pgsize` against the bitmap.
@@ -406,16 +408,47 @@ impl<F: Format> PageTable<F> {
             // Fill this table while the leaves stay at this level.
             loop {
                 let copies = 1usize << (size_lg2 - self.item_lg2(level));
-                self.install_leaf(&mut inner.mem, page, level, index, copies, va, oa, size_lg2, prot)?;
-                let step = 1u64 << size_lg2;
-                *mapped += step;
-                remaining -= step;
+                let leaves = if copies == 1 {
+                    self.fill_run(
+                        &mut inner.mem,
+                        page,
+                        level,
+                        index,
+                        va,
+                        oa,
+                        size_lg2,
+                        remaining,
+                        prot,
+                    )
+                } else {
+                    0
+                };
+                // An occupied slot (or a multi-entry leaf) takes the careful path.
+                let leaves = if leaves == 0 {
+                    self.install_leaf(
+                        &mut inner.mem,
+                        page,
+                        level,
+                        index,
+                        copies,
+                        va,
+                        oa,
+                        size_lg2,
+                        prot,
+                    )?;
+                    1
+                } else {
+                    leaves
+                };
+                let bytes = leaves << size_lg2;
+                *mapped += bytes;
+                remaining -= bytes;
                 if remaining == 0 {
                     return Ok(());
                 }
-                va += step;
-                oa += step;
-                index += copies;
+                va += bytes;
+                oa += bytes;
+                index += leaves as usize * copies;
                 if index >= TABLE_ENTRIES {
                     break;
                 }
@@ -425,6 +458,46 @@ impl<F: Format> PageTable<F> {
                 }
             }
         }
+    }
+
+    /// Writes single-entry leaves of `2^size_lg2` bytes into empty slots from
+    /// `index` on, for as long as that stays the best size: until the range,
+    /// the table or the first empty slot ends, or `iova` reaches the alignment
+    /// of the next larger page size. Returns the leaves written.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn fill_run(
+        &self,
+        mem: &mut TableMemory,
+        page: usize,
+        level: u32,
+        index: usize,
+        iova: u64,
+        oa: u64,
+        size_lg2: u32,
+        remaining: u64,
+        prot: Prot,
+    ) -> u64 {
+        let larger = self.pgsize_bitmap & !below(size_lg2 + 1);
+        let mut leaves = remaining >> size_lg2;
+        if larger != 0 {
+            let next_lg2 = larger.trailing_zeros();
+            let to_boundary = (below(next_lg2) - (iova & below(next_lg2))) + 1;
+            leaves = leaves.min(to_boundary >> size_lg2);
+        }
+        let leaves = (leaves as usize).min(TABLE_ENTRIES - index);
+        let slots = &mut mem.table_mut(page)[index..index + leaves];
+        let mut written = 0;
+        for slot in slots.iter_mut() {
+            if *slot != 0 {
+                break;
+            }
+            *slot = self
+                .format
+                .leaf_entry(level, oa + (written << size_lg2), size_lg2, prot);
+            written += 1;
+        }
+        written
     }
 
     /// The table at `level` that translates `iova`, allocating missing tables.
@@ -462,6 +535,15 @@ impl<F: Format> PageTable<F> {
         size_lg2: u32,
         prot: Prot,
     ) -> Result<()> {
+        let pte = self.format.leaf_entry(level, oa, size_lg2, prot);
+        if copies == 1 {
+            // The common case: one entry, usually empty.
+            let slot = &mut mem.table_mut(page)[index];
+            if *slot == 0 {
+                *slot = pte;
+                return Ok(());
+            }
+        }
         let item_lg2 = self.item_lg2(level);
         let mut has_tables = false;
         for (n, &pte) in mem.table(page)[index..index + copies].iter().enumerate() {
@@ -473,7 +555,9 @@ impl<F: Format> PageTable<F> {
                 Entry::Empty => {}
                 Entry::Leaf { .. } => return Err(Error::AlreadyMapped(at)),
                 Entry::Table { pa } => {
-                    if let Some(found) = self.first_leaf(mem, level - 1, TableMemory::page_of(pa), at) {
+                    if let Some(found) =
+                        self.first_leaf(mem, level - 1, TableMemory::page_of(pa), at)
+                    {
                         return Err(Error::AlreadyMapped(found));
                     }
                     has_tables = true;
@@ -487,7 +571,6 @@ impl<F: Format> PageTable<F> {
                 }
             }
         }
-        let pte = self.format.leaf_entry(level, oa, size_lg2, prot);
         mem.table_mut(page)[index..index + copies].fill(pte);
         Ok(())
     }
@@ -500,7 +583,9 @@ impl<F: Format> PageTable<F> {
             match self.format.decode(level, pte) {
                 Entry::Empty => None,
                 Entry::Leaf { .. } => Some(at),
-                Entry::Table { pa } => self.first_leaf(mem, level - 1, TableMemory::page_of(pa), at),
+                Entry::Table { pa } => {
+                    self.first_leaf(mem, level - 1, TableMemory::page_of(pa), at)
+                }
             }
         })
     }
@@ -559,16 +644,35 @@ impl<F: Format> PageTable<F> {
                         // The leaf began before the range: Linux never splits it.
                         return false;
                     }
-                    let copies = 1usize << (size_lg2 - item_lg2);
-                    mem.table_mut(page)[index..index + copies].fill(0);
-                    *unmapped += 1u64 << size_lg2;
-                    index += copies;
+                    // Clear this leaf and the leaves right after it in one pass;
+                    // each of those starts on its own boundary.
+                    let table = mem.table_mut(page);
+                    let mut size_lg2 = size_lg2;
+                    loop {
+                        let copies = 1usize << (size_lg2 - item_lg2);
+                        if copies == 1 {
+                            table[index] = 0;
+                        } else {
+                            table[index..index + copies].fill(0);
+                        }
+                        *unmapped += 1u64 << size_lg2;
+                        index += copies;
+                        if index > end {
+                            break;
+                        }
+                        match self.format.decode(level, table[index]) {
+                            Entry::Leaf { size_lg2: next, .. } => size_lg2 = next,
+                            _ => break,
+                        }
+                    }
                 }
                 Entry::Table { pa } => {
                     let child = TableMemory::page_of(pa);
                     let entry_last = entry_start + below(item_lg2);
                     let child_last = last.min(entry_last);
-                    if level == 0 || !self.unmap_level(mem, level - 1, child, from, child_last, unmapped) {
+                    if level == 0
+                        || !self.unmap_level(mem, level - 1, child, from, child_last, unmapped)
+                    {
                         return false;
                     }
                     if from == entry_start && child_last == entry_last {
@@ -611,7 +715,15 @@ impl<F: Format> PageTable<F> {
                     let from = iova.max(entry_start);
                     let to = last.min(entry_start + below(item_lg2));
                     if level > 0 {
-                        self.dirty_level(mem, level - 1, TableMemory::page_of(pa), from, to, mode, record);
+                        self.dirty_level(
+                            mem,
+                            level - 1,
+                            TableMemory::page_of(pa),
+                            from,
+                            to,
+                            mode,
+                            record,
+                        );
                     }
                     index += 1;
                 }

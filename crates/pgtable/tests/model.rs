@@ -26,11 +26,28 @@ enum DirtyRule {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Map { page: u64, count: u64, phys: u64, prot: u32 },
-    Unmap { page: u64, count: u64 },
-    Translate { page: u64, offset: u64 },
-    SetDirty { page: u64 },
-    ReadDirty { page: u64, count: u64, keep: bool },
+    Map {
+        page: u64,
+        count: u64,
+        phys: u64,
+        prot: u32,
+    },
+    Unmap {
+        page: u64,
+        count: u64,
+    },
+    Translate {
+        page: u64,
+        offset: u64,
+    },
+    SetDirty {
+        page: u64,
+    },
+    ReadDirty {
+        page: u64,
+        count: u64,
+        keep: bool,
+    },
 }
 
 fn prot_strategy() -> impl Strategy<Value = u32> {
@@ -72,7 +89,12 @@ fn run_pages<F: Format>(format: F, rule: DirtyRule, ops: &[Op]) -> Result<(), Te
 
     for op in ops {
         match *op {
-            Op::Map { page, count, phys, prot } => {
+            Op::Map {
+                page,
+                count,
+                phys,
+                prot,
+            } => {
                 let count = count.min(WINDOW_PAGES - page);
                 let prot = Prot::from_bits_truncate(prot);
                 let got = table.map_pages(iova_of(page), phys * granule, granule, count, prot);
@@ -81,7 +103,11 @@ fn run_pages<F: Format>(format: F, rule: DirtyRule, ops: &[Op]) -> Result<(), Te
                     None => {
                         prop_assert_eq!(got, Ok(count * granule));
                         for n in 0..count {
-                            let entry = Page { phys: (phys + n) * granule, prot, dirty: false };
+                            let entry = Page {
+                                phys: (phys + n) * granule,
+                                prot,
+                                dirty: false,
+                            };
                             model.insert(page + n, entry);
                         }
                     }
@@ -89,11 +115,16 @@ fn run_pages<F: Format>(format: F, rule: DirtyRule, ops: &[Op]) -> Result<(), Te
             }
             Op::Unmap { page, count } => {
                 let count = count.min(WINDOW_PAGES - page);
-                let run = (page..page + count).take_while(|p| model.contains_key(p)).count() as u64;
+                let run = (page..page + count)
+                    .take_while(|p| model.contains_key(p))
+                    .count() as u64;
                 for p in page..page + run {
                     model.remove(&p);
                 }
-                prop_assert_eq!(table.unmap_pages(iova_of(page), granule, count), Ok(run * granule));
+                prop_assert_eq!(
+                    table.unmap_pages(iova_of(page), granule, count),
+                    Ok(run * granule)
+                );
             }
             Op::Translate { page, offset } => {
                 let offset = offset % granule;
@@ -116,11 +147,18 @@ fn run_pages<F: Format>(format: F, rule: DirtyRule, ops: &[Op]) -> Result<(), Te
             }
             Op::ReadDirty { page, count, keep } => {
                 let count = count.min(WINDOW_PAGES - page);
-                let mode = if keep { DirtyMode::Keep } else { DirtyMode::Clear };
+                let mode = if keep {
+                    DirtyMode::Keep
+                } else {
+                    DirtyMode::Clear
+                };
                 let mut seen = Vec::new();
-                let got = table.read_and_clear_dirty(iova_of(page), count * granule, mode, |iova, len| {
-                    seen.push((iova, len))
-                });
+                let got = table.read_and_clear_dirty(
+                    iova_of(page),
+                    count * granule,
+                    mode,
+                    |iova, len| seen.push((iova, len)),
+                );
                 if let DirtyRule::Never = rule {
                     prop_assert_eq!(got, Err(Error::DirtyUnsupported));
                     continue;
@@ -152,10 +190,21 @@ fn run_pages<F: Format>(format: F, rule: DirtyRule, ops: &[Op]) -> Result<(), Te
 enum LargeOp {
     /// Map `count` granules; the output address keeps the IOVA's alignment
     /// modulo `512 * granule` when `shift` is 0, so large leaves appear.
-    Map { page: u64, count: u64, phys_block: u64, shift: u64 },
+    Map {
+        page: u64,
+        count: u64,
+        phys_block: u64,
+        shift: u64,
+    },
     /// Unmap the `span` consecutive mapped extents starting at extent `first`.
-    Unmap { first: usize, span: usize },
-    Translate { page: u64, offset: u64 },
+    Unmap {
+        first: usize,
+        span: usize,
+    },
+    Translate {
+        page: u64,
+        offset: u64,
+    },
 }
 
 fn large_ops() -> impl Strategy<Value = Vec<LargeOp>> {
@@ -182,10 +231,16 @@ fn run_large<F: Format>(format: F, ops: &[LargeOp]) -> Result<(), TestCaseError>
 
     for op in ops {
         match *op {
-            LargeOp::Map { page, count, phys_block, shift } => {
+            LargeOp::Map {
+                page,
+                count,
+                phys_block,
+                shift,
+            } => {
                 let count = count.min(WINDOW_PAGES - page);
                 let phys_page = (page + 512 * phys_block + shift) + 512 * 1024;
-                let got = table.map_pages(iova_of(page), phys_page * granule, granule, count, Prot::RW);
+                let got =
+                    table.map_pages(iova_of(page), phys_page * granule, granule, count, Prot::RW);
                 if (page..page + count).any(|p| model.contains_key(&p)) {
                     prop_assert!(matches!(got, Err(Error::AlreadyMapped(_))), "{:?}", got);
                 } else {
@@ -197,13 +252,25 @@ fn run_large<F: Format>(format: F, ops: &[LargeOp]) -> Result<(), TestCaseError>
                 }
             }
             LargeOp::Unmap { first, span } => {
-                let chosen: Vec<(u64, u64)> = extents.iter().skip(first).take(span).map(|(&p, &c)| (p, c)).collect();
-                let (Some(&(start, _)), Some(&(last_start, last_count))) = (chosen.first(), chosen.last()) else {
+                let chosen: Vec<(u64, u64)> = extents
+                    .iter()
+                    .skip(first)
+                    .take(span)
+                    .map(|(&p, &c)| (p, c))
+                    .collect();
+                let (Some(&(start, _)), Some(&(last_start, last_count))) =
+                    (chosen.first(), chosen.last())
+                else {
                     continue;
                 };
                 let count = last_start + last_count - start;
-                let run = (start..start + count).take_while(|p| model.contains_key(p)).count() as u64;
-                prop_assert_eq!(table.unmap_pages(iova_of(start), granule, count), Ok(run * granule));
+                let run = (start..start + count)
+                    .take_while(|p| model.contains_key(p))
+                    .count() as u64;
+                prop_assert_eq!(
+                    table.unmap_pages(iova_of(start), granule, count),
+                    Ok(run * granule)
+                );
                 for p in start..start + run {
                     model.remove(&p);
                 }

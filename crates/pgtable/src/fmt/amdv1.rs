@@ -175,7 +175,10 @@ impl Format for AmdV1 {
     fn table_entry(&self, level: u32, table_pa: u64) -> u64 {
         // NL names the lower table's level in AMD's 1-based numbering, which
         // is this table's 0-based level.
-        PR | (u64::from(level) << NL_SHIFT) | (((table_pa >> self.granule_lg2) << 12) & ADDR_MASK) | IR | IW
+        PR | (u64::from(level) << NL_SHIFT)
+            | (((table_pa >> self.granule_lg2) << 12) & ADDR_MASK)
+            | IR
+            | IW
     }
 
     #[inline]

@@ -114,7 +114,9 @@ impl ArmLpae {
 
     fn build(stage: Stage, va_bits: u32, hardware_dirty: bool) -> crate::Result<Self> {
         if !(25..=48).contains(&va_bits) {
-            return Err(crate::Error::BadConfig("Arm LPAE input size must be 25 to 48 bits"));
+            return Err(crate::Error::BadConfig(
+                "Arm LPAE input size must be 25 to 48 bits",
+            ));
         }
         // Each level resolves 9 bits above the 12-bit page offset.
         let top_level = (va_bits - 12).div_ceil(9) - 1;
@@ -175,7 +177,9 @@ impl Format for ArmLpae {
                 oa: pte & ADDR_MASK,
                 size_lg2: 12 + 9 * level,
             },
-            (1.., TYPE_TABLE_OR_PAGE) => Entry::Table { pa: pte & ADDR_MASK },
+            (1.., TYPE_TABLE_OR_PAGE) => Entry::Table {
+                pa: pte & ADDR_MASK,
+            },
             // A block at level 0 (Arm level 3) or at Arm level 0: reserved,
             // the walker faults on it.
             _ => Entry::Empty,
@@ -189,8 +193,16 @@ impl Format for ArmLpae {
     #[inline]
     fn leaf_entry(&self, level: u32, oa: u64, _size_lg2: u32, prot: Prot) -> u64 {
         let mut pte = (oa & ADDR_MASK) | AF;
-        pte |= if level == 0 { TYPE_TABLE_OR_PAGE } else { TYPE_BLOCK };
-        pte |= if prot.contains(Prot::CACHE) { SH_IS } else { SH_OS };
+        pte |= if level == 0 {
+            TYPE_TABLE_OR_PAGE
+        } else {
+            TYPE_BLOCK
+        };
+        pte |= if prot.contains(Prot::CACHE) {
+            SH_IS
+        } else {
+            SH_OS
+        };
         if prot.contains(Prot::NOEXEC) {
             pte |= XN;
         }

@@ -51,7 +51,11 @@ impl VtdSs {
             31..=39 => 2,
             40..=48 => 3,
             49..=57 => 4,
-            _ => return Err(crate::Error::BadConfig("VT-d second stage takes 31 to 57 input bits")),
+            _ => {
+                return Err(crate::Error::BadConfig(
+                    "VT-d second stage takes 31 to 57 input bits",
+                ))
+            }
         };
         Ok(VtdSs { top_level, va_bits })
     }
@@ -102,7 +106,9 @@ impl Format for VtdSs {
                 size_lg2: 12 + 9 * level,
             }
         } else {
-            Entry::Table { pa: pte & ADDR_MASK }
+            Entry::Table {
+                pa: pte & ADDR_MASK,
+            }
         }
     }
 

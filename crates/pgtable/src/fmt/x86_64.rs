@@ -51,7 +51,9 @@ impl X86_64 {
     /// [`Error::BadConfig`](crate::Error::BadConfig) outside 31–57 bits.
     pub fn new(va_bits: u32) -> crate::Result<Self> {
         if !(31..=57).contains(&va_bits) {
-            return Err(crate::Error::BadConfig("x86-64 paging takes 31 to 57 input bits"));
+            return Err(crate::Error::BadConfig(
+                "x86-64 paging takes 31 to 57 input bits",
+            ));
         }
         Ok(X86_64 {
             top_level: (va_bits - 31) / 9 + 2,
@@ -99,7 +101,9 @@ impl Format for X86_64 {
                 size_lg2: 12 + 9 * level,
             }
         } else {
-            Entry::Table { pa: pte & ADDR_MASK }
+            Entry::Table {
+                pa: pte & ADDR_MASK,
+            }
         }
     }
 
