@@ -64,6 +64,10 @@ pub enum Error {
     /// [`Config::max_tables`]: crate::Config::max_tables
     #[error("out of page-table memory")]
     NoMemory,
+    /// Not a selftest mock page-table type (`iommu_hwpt_selftest.pagetable_type`).
+    /// Linux: `EOPNOTSUPP`.
+    #[error("unknown mock page-table type {0}")]
+    UnknownMockType(u32),
     /// The format rejected its geometry (e.g. an unsupported level count). Linux: `EINVAL`.
     #[error("invalid page-table configuration: {0}")]
     BadConfig(&'static str),

@@ -23,11 +23,10 @@
 //! The iommufd selftest mock's `MOCK_IOMMUPT_HUGE` table: 1 MiB leaves on an
 //! AMD v1 layout with a 2 KiB granule.
 //! ```
-//! use uiommu_pgtable::fmt::amdv1::{self, AmdV1};
-//! use uiommu_pgtable::{Config, DirtyMode, PageTable, Prot};
+//! use uiommu_pgtable::fmt::amdv1::{self, MockPagetable};
+//! use uiommu_pgtable::{DirtyMode, Prot};
 //!
-//! let config = Config { pgsize_mask: AmdV1::MOCK_HUGE_PGSIZES, ..Config::default() };
-//! let table = PageTable::new(AmdV1::mock(), config)?;
+//! let table = MockPagetable::try_from(1)?.new_table()?;
 //! let huge = amdv1::MOCK_HUGE_PAGE_SIZE;
 //!
 //! assert_eq!(table.map_pages(0x100_0000, 0x4000_0000, huge, 2, Prot::RW)?, 2 * huge);

@@ -74,6 +74,19 @@ fn unmap_of_the_head_of_a_large_page_removes_it_whole() {
 }
 
 #[test]
+fn unmap_inside_a_contiguous_amd_leaf_removes_nothing() {
+    let table = amd(u64::MAX);
+    // 64 KiB leaf: 16 copies of one size-encoded PTE.
+    table
+        .map_pages(0x10_0000, 0x20_0000, SZ_4K, 16, Prot::RW)
+        .unwrap();
+    assert_eq!(table.unmap_pages(0x10_8000, SZ_4K, 8).unwrap(), 0);
+    assert_eq!(table.iova_to_phys(0x10_f000), Some(0x20_f000));
+    assert_eq!(table.unmap_pages(0x10_0000, SZ_4K, 1).unwrap(), 0x1_0000);
+    assert_eq!(table.iova_to_phys(0x10_f000), None);
+}
+
+#[test]
 fn unmap_stops_at_the_first_hole() {
     let table = amd(SZ_4K);
     table.map_pages(0x10_0000, 0, SZ_4K, 1, Prot::RW).unwrap();

@@ -126,11 +126,18 @@ fn amdv1_mock_granule_is_2k_and_bitmaps_match_linux() {
     assert_eq!(leaf, 1 | (0x20_0800 >> 11) << 12 | 1 << 61 | 1 << 62);
     assert_eq!(table.iova_to_phys(0x100_0fff), Some(0x20_0fff));
 
-    let huge = Config {
-        pgsize_mask: AmdV1::MOCK_HUGE_PGSIZES,
-        ..Config::default()
-    };
-    let table = PageTable::new(AmdV1::mock(), huge).unwrap();
+    assert_eq!(
+        amdv1::MockPagetable::try_from(2).err(),
+        Some(uiommu_pgtable::Error::BadConfig(
+            "unknown mock page-table type"
+        ))
+    );
+    let default = amdv1::MockPagetable::try_from(0)
+        .unwrap()
+        .new_table()
+        .unwrap();
+    assert_eq!(default.pgsize_bitmap(), table.pgsize_bitmap());
+    let table = amdv1::MockPagetable::Huge.new_table().unwrap();
     assert_eq!(table.pgsize_bitmap(), (1 << 20) | (1 << 12));
     // 4 KiB (the CPU page) is two 2 KiB copies with NL = 7 and a clear bit 12.
     table

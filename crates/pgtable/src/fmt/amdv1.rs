@@ -27,6 +27,7 @@
 
 use crate::format::{genmask, Entry, Format};
 use crate::prot::Prot;
+use crate::{Config, PageTable};
 
 /// Present.
 pub const PR: u64 = 1 << 0;
@@ -59,6 +60,47 @@ pub struct AmdV1 {
     va_bits: u32,
     oa_bits: u32,
     force_coherent: bool,
+}
+
+/// The selftest mock's page-table types, by their Linux 7.3 values of
+/// `iommu_hwpt_selftest.pagetable_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MockPagetable {
+    /// `MOCK_IOMMUPT_DEFAULT`: every page size from 2 KiB up.
+    Default = 0,
+    /// `MOCK_IOMMUPT_HUGE`: 1 MiB leaves only (plus the 4 KiB CPU page).
+    Huge = 1,
+}
+
+impl TryFrom<u32> for MockPagetable {
+    type Error = crate::Error;
+
+    /// An unknown type is [`Error::UnknownMockType`](crate::Error::UnknownMockType).
+    fn try_from(value: u32) -> crate::Result<Self> {
+        match value {
+            0 => Ok(MockPagetable::Default),
+            1 => Ok(MockPagetable::Huge),
+            other => Err(crate::Error::UnknownMockType(other)),
+        }
+    }
+}
+
+impl MockPagetable {
+    /// A new, empty table of this type, as `mock_domain_alloc_pgtable()` builds it.
+    ///
+    /// # Errors
+    /// None in practice; the signature keeps [`PageTable::new`]'s.
+    pub fn new_table(self) -> crate::Result<PageTable<AmdV1>> {
+        let pgsize_mask = match self {
+            MockPagetable::Default => u64::MAX,
+            MockPagetable::Huge => AmdV1::MOCK_HUGE_PGSIZES,
+        };
+        let config = Config {
+            pgsize_mask,
+            ..Config::default()
+        };
+        PageTable::new(AmdV1::mock(), config)
+    }
 }
 
 /// Page size of the selftest mock's `MOCK_IOMMUPT_HUGE` leaves: 512 mock pages.
