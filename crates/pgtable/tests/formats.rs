@@ -128,9 +128,7 @@ fn amdv1_mock_granule_is_2k_and_bitmaps_match_linux() {
 
     assert_eq!(
         amdv1::MockPagetable::try_from(2).err(),
-        Some(uiommu_pgtable::Error::BadConfig(
-            "unknown mock page-table type"
-        ))
+        Some(uiommu_pgtable::Error::UnknownMockType(2))
     );
     let default = amdv1::MockPagetable::try_from(0)
         .unwrap()
