@@ -124,7 +124,12 @@ impl<F: Format> PageTable<F> {
         let mut pgsize_bitmap = 0;
         let mut level_of_size = [u8::MAX; 64];
         for level in 0..=top {
-            let sizes = format.leaf_sizes(level) & config.pgsize_mask;
+            let item_lg2 = granule + LEVEL_BITS * level;
+            let sizes = format.leaf_sizes(level);
+            if sizes & !(below(item_lg2 + LEVEL_BITS) & !below(item_lg2)) != 0 {
+                return Err(Error::BadConfig("a leaf size does not fit its level"));
+            }
+            let sizes = sizes & config.pgsize_mask;
             let sizes = sizes & below(format.va_bits()) & below(format.oa_bits());
             for (lg2, slot) in level_of_size.iter_mut().enumerate() {
                 if sizes & (1 << lg2) != 0 {
@@ -461,9 +466,10 @@ impl<F: Format> PageTable<F> {
     }
 
     /// Writes single-entry leaves of `2^size_lg2` bytes into empty slots from
-    /// `index` on, for as long as that stays the best size: until the range,
-    /// the table or the first empty slot ends, or `iova` reaches the alignment
-    /// of the next larger page size. Returns the leaves written.
+    /// `index` on, for as long as that stays the best size: until the range or
+    /// the table ends, a slot is occupied, or `iova` reaches the alignment of
+    /// the next larger page size. Returns the leaves written (0 if the first
+    /// slot is occupied).
     #[allow(clippy::too_many_arguments)]
     #[inline]
     fn fill_run(
@@ -521,6 +527,9 @@ impl<F: Format> PageTable<F> {
         Ok(page)
     }
 
+    /// Installs one leaf (all its copies) at `index`, first freeing lower
+    /// tables under it that hold no leaf; anything mapped there is
+    /// [`Error::AlreadyMapped`] and nothing is written.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     fn install_leaf(
@@ -535,15 +544,6 @@ impl<F: Format> PageTable<F> {
         size_lg2: u32,
         prot: Prot,
     ) -> Result<()> {
-        let pte = self.format.leaf_entry(level, oa, size_lg2, prot);
-        if copies == 1 {
-            // The common case: one entry, usually empty.
-            let slot = &mut mem.table_mut(page)[index];
-            if *slot == 0 {
-                *slot = pte;
-                return Ok(());
-            }
-        }
         let item_lg2 = self.item_lg2(level);
         let mut has_tables = false;
         for (n, &pte) in mem.table(page)[index..index + copies].iter().enumerate() {
@@ -571,6 +571,7 @@ impl<F: Format> PageTable<F> {
                 }
             }
         }
+        let pte = self.format.leaf_entry(level, oa, size_lg2, prot);
         mem.table_mut(page)[index..index + copies].fill(pte);
         Ok(())
     }
