@@ -9,8 +9,9 @@ use uiommu_pgtable::fmt::vtdss::VtdSs;
 use uiommu_pgtable::fmt::x86_64::X86_64;
 use uiommu_pgtable::{Config, DirtyMode, Error, Format, PageTable, Prot};
 
-/// Pages the sequences touch: a window of 2048 granules straddling 1 GiB, so
-/// that runs cross level-0 and level-1 (and, for the mock, level-2) tables.
+/// Pages the sequences touch: a window of 2048 pages straddling 4 GiB (page
+/// sequences) or 1 GiB (large-leaf sequences), so that runs cross level-0 and
+/// level-1 (and, for the mock, level-2) tables.
 const WINDOW_PAGES: u64 = 2048;
 
 /// Which leaves can record a write.
@@ -42,6 +43,7 @@ enum Op {
     },
     SetDirty {
         page: u64,
+        offset: u64,
     },
     ReadDirty {
         page: u64,
@@ -61,8 +63,8 @@ fn page_ops(max_count: u64) -> impl Strategy<Value = Vec<Op>> {
         3 => (page.clone(), 1..max_count, 0u64..(1 << 20), prot_strategy())
             .prop_map(|(page, count, phys, prot)| Op::Map { page, count, phys, prot }),
         2 => (page.clone(), 1..max_count).prop_map(|(page, count)| Op::Unmap { page, count }),
-        2 => (page.clone(), 0u64..4096).prop_map(|(page, offset)| Op::Translate { page, offset }),
-        2 => page.clone().prop_map(|page| Op::SetDirty { page }),
+        2 => (page.clone(), 0u64..(1 << 20)).prop_map(|(page, offset)| Op::Translate { page, offset }),
+        2 => (page.clone(), 0u64..(1 << 20)).prop_map(|(page, offset)| Op::SetDirty { page, offset }),
         1 => (page, 1..max_count, any::<bool>()).prop_map(|(page, count, keep)| Op::ReadDirty { page, count, keep }),
     ];
     proptest::collection::vec(op, 1..60)
@@ -75,15 +77,21 @@ struct Page {
     dirty: bool,
 }
 
-/// One-granule leaves only, so every op has an exact page-level answer.
-fn run_pages<F: Format>(format: F, rule: DirtyRule, ops: &[Op]) -> Result<(), TestCaseError> {
-    let granule = 1u64 << format.granule_lg2();
+/// Leaves of one size only (`2^page_lg2` bytes, one or several PTE copies),
+/// so every op has an exact page-level answer.
+fn run_pages<F: Format>(
+    format: F,
+    page_lg2: u32,
+    rule: DirtyRule,
+    ops: &[Op],
+) -> Result<(), TestCaseError> {
+    let granule = 1u64 << page_lg2;
     let config = Config {
         pgsize_mask: granule,
         ..Config::default()
     };
     let table = PageTable::new(format, config).unwrap();
-    let base = (1u64 << 30) - WINDOW_PAGES / 2 * granule;
+    let base = (1u64 << 32) - WINDOW_PAGES / 2 * granule;
     let iova_of = |page: u64| base + page * granule;
     let mut model: BTreeMap<u64, Page> = BTreeMap::new();
 
@@ -131,11 +139,13 @@ fn run_pages<F: Format>(format: F, rule: DirtyRule, ops: &[Op]) -> Result<(), Te
                 let want = model.get(&page).map(|entry| entry.phys + offset);
                 prop_assert_eq!(table.iova_to_phys(iova_of(page) + offset), want);
             }
-            Op::SetDirty { page } => {
-                let got = table.set_dirty(iova_of(page));
+            Op::SetDirty { page, offset } => {
+                // Any byte of the leaf, so writes land on every PTE copy.
+                let iova = iova_of(page) + offset % granule;
+                let got = table.set_dirty(iova);
                 match (model.get_mut(&page), rule) {
                     (_, DirtyRule::Never) => prop_assert_eq!(got, Err(Error::DirtyUnsupported)),
-                    (None, _) => prop_assert_eq!(got, Err(Error::NotMapped(iova_of(page)))),
+                    (None, _) => prop_assert_eq!(got, Err(Error::NotMapped(iova))),
                     (Some(entry), DirtyRule::WritableOnly) if !entry.prot.contains(Prot::WRITE) => {
                         prop_assert_eq!(got, Err(Error::DirtyUnsupported))
                     }
@@ -295,32 +305,50 @@ proptest! {
 
     #[test]
     fn amdv1_pages(ops in page_ops(64)) {
-        run_pages(AmdV1::new(3).unwrap(), DirtyRule::Any, &ops)?;
+        run_pages(AmdV1::new(3).unwrap(), 12, DirtyRule::Any, &ops)?;
     }
 
     #[test]
     fn amdv1_mock_pages(ops in page_ops(64)) {
-        run_pages(AmdV1::mock(), DirtyRule::Any, &ops)?;
+        run_pages(AmdV1::mock(), 11, DirtyRule::Any, &ops)?;
     }
 
     #[test]
     fn arm_s1_pages(ops in page_ops(64)) {
-        run_pages(ArmLpae::stage1(48, true).unwrap(), DirtyRule::WritableOnly, &ops)?;
+        run_pages(ArmLpae::stage1(48, true).unwrap(), 12, DirtyRule::WritableOnly, &ops)?;
     }
 
     #[test]
     fn arm_s2_pages(ops in page_ops(64)) {
-        run_pages(ArmLpae::stage2(40).unwrap(), DirtyRule::Never, &ops)?;
+        run_pages(ArmLpae::stage2(40).unwrap(), 12, DirtyRule::Never, &ops)?;
     }
 
     #[test]
     fn vtdss_pages(ops in page_ops(64)) {
-        run_pages(VtdSs::new(39).unwrap(), DirtyRule::Any, &ops)?;
+        run_pages(VtdSs::new(39).unwrap(), 12, DirtyRule::Any, &ops)?;
     }
 
     #[test]
     fn x86_64_pages(ops in page_ops(64)) {
-        run_pages(X86_64::new(48).unwrap(), DirtyRule::Never, &ops)?;
+        run_pages(X86_64::new(48).unwrap(), 12, DirtyRule::Never, &ops)?;
+    }
+
+    /// 16 KiB leaves: four size-encoded copies each.
+    #[test]
+    fn amdv1_contiguous_pages(ops in page_ops(64)) {
+        run_pages(AmdV1::new(3).unwrap(), 14, DirtyRule::Any, &ops)?;
+    }
+
+    /// The selftest's `MOCK_IOMMUPT_HUGE` leaves: 1 MiB, one level-1 entry.
+    #[test]
+    fn amdv1_mock_huge_pages(ops in page_ops(64)) {
+        run_pages(AmdV1::mock(), 20, DirtyRule::Any, &ops)?;
+    }
+
+    /// 2 MiB blocks with DBM.
+    #[test]
+    fn arm_s1_block_pages(ops in page_ops(16)) {
+        run_pages(ArmLpae::stage1(48, true).unwrap(), 21, DirtyRule::WritableOnly, &ops)?;
     }
 
     #[test]
