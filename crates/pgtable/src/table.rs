@@ -1,44 +1,6 @@
 //! The engine: one radix page table over a [`Format`], with the operations of
 //! Linux's `iommu_domain_ops` (`map_pages`, `unmap_pages`, `iova_to_phys`)
 //! and `iommu_dirty_ops` (`read_and_clear_dirty`).
-//!
-//! # Model
-//! All state lives in [`TableMemory`]: the root table and every lower table,
-//! each a 512-entry array of PTEs in the format's bit layout. Nothing else
-//! caches a translation, so what a test decodes from table memory is the
-//! whole truth.
-//!
-//! Vocabulary: `last` is inclusive, `len` is a byte count, `end` is never used
-//! for addresses so that a range ending at `u64::MAX` needs no `+ 1`.
-//!
-//! # Semantics (Linux's, from iommupt)
-//! - **map** picks, for each step, the largest page size of the table's bitmap
-//!   that the IOVA, the output address and the remaining length allow (so
-//!   `pgsize` is a floor, not a promise). It fails with
-//!   [`Error::AlreadyMapped`] if any part of the range translates already;
-//!   empty lower tables under a new large leaf are freed. A failed map leaves
-//!   the translations as they were (the IOMMU core's `iommu_map()` undoes a
-//!   partial map; we do the same inside).
-//! - **unmap** removes whole leaves from `iova` on and returns the bytes
-//!   removed. It stops at the first IOVA that does not translate, and refuses
-//!   (removes nothing further) a leaf whose start lies before `iova`. A leaf
-//!   that starts inside the range but ends after it is removed whole, so the
-//!   result may exceed the request. A lower table is freed when the unmapped
-//!   range covers its whole span; a table emptied by a smaller unmap stays
-//!   until a covering unmap, a larger leaf over it, or drop.
-//! - **dirty**: a leaf is dirty if any of its PTE copies is; reading reports
-//!   the part of the leaf inside the range and, unless asked to keep it,
-//!   cleans every copy.
-//!
-//! # Locking
-//! One mutex per table tree guards the table memory and the root; each
-//! operation holds it from its first to its last PTE access, so `PageTable` is
-//! `Send + Sync` and every operation is atomic with respect to the others.
-//! Linux lets maps and unmaps of disjoint ranges run in parallel (the caller
-//! holds range locks, new tables are installed with cmpxchg); serialising
-//! them is a strict subset of those interleavings. Lock order: this mutex is
-//! a leaf lock — nothing is called out while it is held except the dirty
-//! callback, which must not re-enter the same table.
 
 use crate::error::{Error, Result};
 use crate::format::{Entry, Format};
@@ -84,9 +46,51 @@ struct Inner {
     root: usize,
 }
 
-/// A multi-level IOMMU page table in format `F`.
+/// A multi-level IOMMU page table in format `F`: Linux's `iommu_domain_ops`
+/// (`map_pages`, `unmap_pages`, `iova_to_phys`) and `iommu_dirty_ops`
+/// (`read_and_clear_dirty`) over tables in [`TableMemory`].
 ///
-/// See the [module docs](self) for the semantics and the locking.
+/// # Model
+/// All state lives in [`TableMemory`]: the root table and every lower table,
+/// each a 512-entry array of PTEs in the format's bit layout. Nothing else
+/// caches a translation, so what a test decodes from table memory is the
+/// whole truth.
+///
+/// Vocabulary: `last` is inclusive, `len` is a byte count, `end` is never used
+/// for addresses so that a range ending at `u64::MAX` needs no `+ 1`.
+///
+/// # Semantics (Linux's, from iommupt)
+/// - **map** picks, for each step, the largest page size of the table's bitmap
+///   that the IOVA, the output address and the remaining length allow (so
+///   `pgsize` is a floor, not a promise). It fails with
+///   [`Error::AlreadyMapped`] if any part of the range translates already;
+///   empty lower tables under a new large leaf are freed. A failed map leaves
+///   the translations as they were (the IOMMU core's `iommu_map()` undoes a
+///   partial map; we do the same inside).
+/// - **unmap** removes whole leaves from `iova` on and returns the bytes
+///   removed. It stops at the first IOVA that does not translate, and refuses
+///   (removes nothing further) a leaf whose start lies before `iova`. A leaf
+///   that starts inside the range but ends after it is removed whole, so the
+///   result may exceed the request. A lower table is freed when the unmapped
+///   range covers its whole span; a table emptied by a smaller unmap stays
+///   until a covering unmap, a larger leaf over it, or drop.
+/// - **dirty**: a leaf is dirty if any of its PTE copies is; reading reports
+///   the part of the leaf inside the range and, unless asked to keep it,
+///   cleans every copy. (iommupt reports a leaf entered mid-way from the
+///   range start for a whole leaf length, which the caller's bitmap then
+///   clips; we clip at the leaf's end too.)
+/// - Unlike iommupt, bad arguments to unmap are an `Err`, where Linux
+///   answers "0 bytes unmapped".
+///
+/// # Locking
+/// One mutex per table tree guards the table memory and the root; each
+/// operation holds it from its first to its last PTE access, so `PageTable` is
+/// `Send + Sync` and every operation is atomic with respect to the others.
+/// Linux lets maps and unmaps of disjoint ranges run in parallel (the caller
+/// holds range locks, new tables are installed with cmpxchg); serialising
+/// them is a strict subset of those interleavings. Lock order: this mutex is
+/// a leaf lock — nothing is called out while it is held except the dirty
+/// callback, which must not re-enter the same table.
 pub struct PageTable<F: Format> {
     format: F,
     pgsize_bitmap: u64,
@@ -237,7 +241,7 @@ impl<F: Format> PageTable<F> {
     /// Unmaps from `iova` on, up to `pgsize * pgcount` bytes: Linux's
     /// `iommu_domain_ops::unmap_pages()`. Returns the bytes unmapped, which is
     /// less when a hole (or a leaf starting before `iova`) stops it and more
-    /// when the last leaf reaches past the range (see the module docs).
+    /// when the last leaf reaches past the range (see [`PageTable`]).
     ///
     /// # Errors
     /// [`Error::UnsupportedPageSize`], [`Error::ZeroLength`],

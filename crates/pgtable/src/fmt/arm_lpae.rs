@@ -13,11 +13,11 @@
 //! | 51    | DBM   | dirty bit modifier (stage 1 with hardware dirty) |
 //! | 54:53 | XN    | execute-never, for `NOEXEC` |
 //!
-//! Stage 1: AttrIndx `4:2` (0 non-cacheable, 1 cacheable, 2 device), AP[1]
-//! bit 6 (unprivileged access, unless `PRIV`), AP[2] bit 7 (read-only),
+//! Stage 1: AttrIndx `4:2` (0 non-cacheable, 1 cacheable, 2 device), `AP[1]`
+//! bit 6 (unprivileged access, unless `PRIV`), `AP[2]` bit 7 (read-only),
 //! nG bit 11. With hardware dirty tracking a writable leaf is written
-//! "writable-clean" (AP[2] and DBM set); the SMMU clears AP[2] on the first
-//! write, so dirty means DBM set and AP[2] clear.
+//! "writable-clean" (`AP[2]` and DBM set); the SMMU clears `AP[2]` on the first
+//! write, so dirty means DBM set and `AP[2]` clear.
 //!
 //! Stage 2: MemAttr `5:2` (`0b1111` write-back, `0b0101` non-cacheable,
 //! `0b0001` device), S2AP bit 6 read, bit 7 write. No dirty tracking.
@@ -52,9 +52,9 @@ pub const MEMATTR_OIWB: u64 = 0xf << 2;
 pub const MEMATTR_NC: u64 = 0x5 << 2;
 /// Stage-2 MemAttr: device.
 pub const MEMATTR_DEV: u64 = 0x1 << 2;
-/// Stage-1 AP[1]: accessible at EL0 (unprivileged).
+/// Stage-1 `AP[1]`: accessible at EL0 (unprivileged).
 pub const AP_UNPRIV: u64 = 1 << 6;
-/// Stage-1 AP[2]: read-only.
+/// Stage-1 `AP[2]`: read-only.
 pub const AP_RDONLY: u64 = 1 << 7;
 /// Stage-2 S2AP read.
 pub const S2AP_READ: u64 = 1 << 6;
