@@ -9,7 +9,7 @@
 //! freeing and dirty tracking, with the semantics of Linux's
 //! `iommu_domain_ops` and `iommu_dirty_ops`.
 //!
-//! Tables live in [`TableMemory`], "physical" pages the engine allocates, as
+//! Tables live in table memory, "physical" pages the engine allocates, as
 //! real arrays of 64-bit PTEs in the hardware layout: a test, or an emulated
 //! IOMMU walker, can read them by physical address from
 //! [`PageTable::root_phys`] down.
@@ -56,6 +56,6 @@ mod table;
 
 pub use error::{Error, Result};
 pub use format::{Entry, Format};
-pub use memory::{TableMemory, LEVEL_BITS, PHYS_BASE, TABLE_BYTES, TABLE_ENTRIES};
+pub use memory::{LEVEL_BITS, PHYS_BASE, TABLE_BYTES, TABLE_ENTRIES};
 pub use prot::Prot;
 pub use table::{Config, DirtyMode, PageTable};

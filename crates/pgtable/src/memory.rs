@@ -1,10 +1,11 @@
 //! Table memory: the "physical" pages the engine's tables live in.
 //!
-//! Tables are 4 KiB arrays of 512 little 64-bit PTEs, addressed by a physical
-//! address as hardware would see them: a table entry holds the physical address
-//! of the next table, and [`TableMemory::read_u64`] lets a test walk the tree
-//! the way an IOMMU's table walker reads memory. Freed tables are zeroed and
-//! reused. The allocator never hands out physical address 0.
+//! Tables are 4 KiB arrays of 512 64-bit PTEs, addressed by a physical
+//! address as hardware would see them: a table entry holds the physical
+//! address of the next table, and a test walks the tree the way an IOMMU's
+//! table walker reads memory, through
+//! [`PageTable::read_phys`](crate::PageTable::read_phys). Freed tables are
+//! zeroed and reused. The allocator never hands out physical address 0.
 
 use crate::error::{Error, Result};
 
@@ -19,7 +20,7 @@ pub const PHYS_BASE: u64 = 0x1000_0000;
 
 /// A pool of table pages. Not shared: the [`PageTable`](crate::PageTable) that
 /// owns it guards it with its lock.
-pub struct TableMemory {
+pub(crate) struct TableMemory {
     /// All table pages back to back; page `n` starts at word `n * TABLE_ENTRIES`.
     words: Vec<u64>,
     /// Pages free for reuse (already zeroed).
@@ -42,7 +43,7 @@ impl std::fmt::Debug for TableMemory {
 
 impl TableMemory {
     /// An empty pool that will hold at most `limit` tables at once.
-    pub fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize) -> Self {
         TableMemory {
             words: Vec::new(),
             free: Vec::new(),
@@ -109,13 +110,13 @@ impl TableMemory {
     }
 
     /// Tables in use.
-    pub fn live_tables(&self) -> usize {
+    pub(crate) fn live_tables(&self) -> usize {
         self.live
     }
 
     /// The 8-byte word at physical address `pa`, as a table walker would read
     /// it; `None` outside table memory or when `pa` is not 8-byte aligned.
-    pub fn read_u64(&self, pa: u64) -> Option<u64> {
+    pub(crate) fn read_u64(&self, pa: u64) -> Option<u64> {
         if !pa.is_multiple_of(8) {
             return None;
         }

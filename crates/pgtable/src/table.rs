@@ -48,10 +48,10 @@ struct Inner {
 
 /// A multi-level IOMMU page table in format `F`: Linux's `iommu_domain_ops`
 /// (`map_pages`, `unmap_pages`, `iova_to_phys`) and `iommu_dirty_ops`
-/// (`read_and_clear_dirty`) over tables in [`TableMemory`].
+/// (`read_and_clear_dirty`) over tables in the engine's table memory.
 ///
 /// # Model
-/// All state lives in [`TableMemory`]: the root table and every lower table,
+/// All state lives in table memory: the root table and every lower table,
 /// each a 512-entry array of PTEs in the format's bit layout. Nothing else
 /// caches a translation, so what a test decodes from table memory is the
 /// whole truth.
