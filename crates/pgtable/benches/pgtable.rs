@@ -4,7 +4,11 @@
 //! page map (`BTreeMap<page, (paddr, prot)>`, the proptests' model) as the
 //! baseline for ratios.
 //!
-//! Run: `cargo bench -p uiommu-pgtable -- --warm-up-time 1 --measurement-time 3`
+//! Run: `cargo bench -p uiommu-pgtable --bench pgtable -- --warm-up-time 1 --measurement-time 3`
+//!
+//! "all-sizes" tables may map 256 aligned 4 KiB pages as one 1 MiB AMD leaf
+//! (iommupt does the same with AMD's full page-size bitmap); "4k-only"
+//! tables are narrowed to 4 KiB leaves, one PTE per page.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::collections::BTreeMap;

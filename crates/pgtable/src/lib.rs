@@ -19,6 +19,11 @@
 //! errno of its interface. It does no TLB invalidation either; whoever owns
 //! the emulated IOMMU flushes after unmap.
 //!
+//! Not covered yet: Arm 16/64 KiB granules, 52-bit output addresses, the
+//! contiguous hint and concatenated stage-2 roots; x86-64 sign extension;
+//! VT-d first stage (use [`fmt::x86_64`]); parallel maps of disjoint ranges
+//! (one lock per tree, see [`PageTable`]).
+//!
 //! # Example
 //! The iommufd selftest mock's `MOCK_IOMMUPT_HUGE` table: 1 MiB leaves on an
 //! AMD v1 layout with a 2 KiB granule.
