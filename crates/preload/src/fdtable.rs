@@ -20,10 +20,10 @@
 //! of this module, except the raw system calls of [`PrivateFd`] under `PRIVATE`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockWriteGuard, Weak};
 
-use crate::files::{AccessMode, FileId, ShimFile};
+use crate::files::{AccessMode, ShimFile};
 use crate::sys::{self, SysResult};
 
 /// Set once the library has created any descriptor; until then every call passes through
@@ -38,8 +38,26 @@ pub fn active() -> bool {
 
 fn activate() {
     if !ACTIVE.swap(true, Ordering::AcqRel) {
+        OWNER.store(sys::getpid(), Ordering::Release);
         crate::home::register_fork_handlers();
     }
+}
+
+/// The process the library's state belongs to: where it was activated, or the fork child
+/// whose fork handler took the state over.
+static OWNER: AtomicU32 = AtomicU32::new(0);
+
+/// Whether the caller runs in a process that does not own the library's state although it
+/// shares its memory: a `vfork` child (or a raw `clone`), where no fork handler ran. Its
+/// descriptor table is its own, so changes to it must go straight to the kernel and leave
+/// the shared state (the owner's table) alone.
+pub fn foreign_process() -> bool {
+    active() && sys::getpid() != OWNER.load(Ordering::Acquire)
+}
+
+/// In a fork child's handler: the state is the child's now.
+pub(crate) fn take_ownership() {
+    OWNER.store(sys::getpid(), Ordering::Release);
 }
 
 /// What an emulated descriptor refers to.
@@ -51,11 +69,10 @@ pub enum Target {
     Remote(RemoteFile),
 }
 
-/// A file served by the home process, known by its id there.
+/// A file served by the home process. The home knows which from the descriptor itself,
+/// which every request on the file passes along.
 #[derive(Clone, Copy, Debug)]
 pub struct RemoteFile {
-    /// The file's id in the home process.
-    pub id: FileId,
     /// Whether it was opened for reading and/or writing.
     pub mode: AccessMode,
     /// Whether it has `read`/`write` methods (a file an ioctl handed out) or not (iommufd).
@@ -88,19 +105,38 @@ fn table_write() -> RwLockWriteGuard<'static, Option<HashMap<i32, Entry>>> {
 
 /// The file behind `fd`, if it is emulated. A stale entry (the number now names another open
 /// file) is removed and returned as the second element so the caller can release it.
+///
+/// An entry and the number's identity can disagree for a moment because a `dup2` onto the
+/// number is under way: [`dup_onto`] changes both under the write lock, so a mismatch is
+/// re-checked under the read lock, which waits for it, before the entry counts as stale.
 pub fn lookup(fd: i32) -> (Option<Target>, Option<Target>) {
     if !active() || fd < 0 {
         return (None, None);
     }
-    let expected = {
+    let read_entry = || {
         let table = TABLE.read().unwrap_or_else(PoisonError::into_inner);
-        match table.as_ref().and_then(|t| t.get(&fd)) {
-            Some(entry) => (entry.target.clone(), entry.identity),
-            None => return (None, None),
-        }
+        table
+            .as_ref()
+            .and_then(|t| t.get(&fd))
+            .map(|entry| (entry.target.clone(), entry.identity))
     };
-    if sys::file_identity(fd).ok() == Some(expected.1) {
+    let Some(expected) = read_entry() else {
+        return (None, None);
+    };
+    let identity = sys::file_identity(fd).ok();
+    if identity == Some(expected.1) {
         return (Some(expected.0), None);
+    }
+    // A dup2 may have replaced both meanwhile: look again, now that it is done.
+    match read_entry() {
+        None => return (None, None),
+        Some(again) if again.1 != expected.1 => {
+            return match sys::file_identity(fd).ok() == Some(again.1) {
+                true => (Some(again.0), None),
+                false => (None, None),
+            };
+        }
+        Some(_) => {}
     }
     // Recycled behind our back: forget it, unless someone re-registered it meanwhile.
     let mut table = table_write();
@@ -109,6 +145,29 @@ pub fn lookup(fd: i32) -> (Option<Target>, Option<Target>) {
         _ => None,
     };
     (None, stale.map(|e| e.target))
+}
+
+/// `dup3(old, new, flags)` and the table update as one step for [`lookup`]: the real call and
+/// the new entry for `new` (`source`, or none when `old` is not emulated) happen under the
+/// table's write lock. Returns `new` and what it referred to before.
+pub fn dup_onto(
+    old: i32,
+    new: i32,
+    flags: i32,
+    source: Option<Target>,
+) -> SysResult<(i32, Option<Target>)> {
+    activate();
+    let mut table = table_write();
+    let duplicated = sys::dup3(old, new, flags)?;
+    let entries = table.get_or_insert_with(HashMap::new);
+    let previous = match source {
+        Some(target) => match sys::file_identity(duplicated) {
+            Ok(identity) => entries.insert(duplicated, Entry { target, identity }),
+            Err(_) => entries.remove(&duplicated),
+        },
+        None => entries.remove(&duplicated),
+    };
+    Ok((duplicated, previous.map(|e| e.target)))
 }
 
 /// Record that `fd` now refers to `target`; returns the entry it replaces (a stale one).
@@ -169,7 +228,6 @@ pub(crate) fn make_remote(
         if let Target::Local(file) = &entry.target {
             if served_by_home(file) {
                 let remote = RemoteFile {
-                    id: file.id,
                     mode: file.mode,
                     has_io: matches!(file.kind, crate::files::FileKind::Emulated(_)),
                 };

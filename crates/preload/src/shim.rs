@@ -88,17 +88,14 @@ fn open_fail_nth(task: fault::Task, flags: i32) -> SysResult<i32> {
     if flags & libc::O_DIRECTORY != 0 {
         return Err(sys::ENOTDIR);
     }
-    let (write_end, file) = files::create(FileKind::FailNth(task), AccessMode::from_flags(flags))?;
-    let fd = match files::place_lowest(write_end, flags & libc::O_CLOEXEC != 0) {
-        Ok(fd) => fd,
+    let fd = files::new_descriptor(flags & libc::O_CLOEXEC != 0, false)?;
+    match files::unserved(FileKind::FailNth(task), AccessMode::from_flags(flags), fd) {
+        Ok(file) => home::install(fd, Target::Local(file)),
         Err(err) => {
-            let id = file.id;
-            drop(file);
-            files::release_if_unheld(id);
-            return Err(err);
+            let _ = sys::close(fd);
+            Err(err)
         }
-    };
-    home::install(fd, Target::Local(file))
+    }
 }
 
 /// `opendir(name)`: only the debugfs redirect.
@@ -124,7 +121,7 @@ fn emulated(fd: i32) -> Option<Target> {
 
 /// `close(fd)`.
 pub fn close(fd: i32) -> Outcome {
-    if !fdtable::active() {
+    if !fdtable::active() || fdtable::foreign_process() {
         return Outcome::Pass;
     }
     if fdtable::is_private(fd) {
@@ -144,7 +141,7 @@ pub fn close(fd: i32) -> Outcome {
 /// emulated ones released.
 pub fn close_range(first: u32, last: u32, flags: i32) -> Outcome {
     let known = (libc::CLOSE_RANGE_CLOEXEC | libc::CLOSE_RANGE_UNSHARE) as i32;
-    if !fdtable::active() || first > last || flags & !known != 0 {
+    if !fdtable::active() || first > last || flags & !known != 0 || fdtable::foreign_process() {
         return Outcome::Pass;
     }
     let private = fdtable::private_in_range(first, last);
@@ -180,7 +177,7 @@ pub fn close_range(first: u32, last: u32, flags: i32) -> Outcome {
 
 /// `dup(fd)`.
 pub fn dup(fd: i32) -> Outcome {
-    if !fdtable::active() {
+    if !fdtable::active() || fdtable::foreign_process() {
         return Outcome::Pass;
     }
     let Some(target) = emulated(fd) else {
@@ -195,7 +192,7 @@ pub fn dup(fd: i32) -> Outcome {
 
 /// `dup2(old, new)` (`flags == None`) or `dup3(old, new, flags)`.
 pub fn dup3(old: i32, new: i32, flags: Option<i32>) -> Outcome {
-    if !fdtable::active() {
+    if !fdtable::active() || fdtable::foreign_process() {
         return Outcome::Pass;
     }
     let source = emulated(old);
@@ -216,22 +213,23 @@ pub fn dup3(old: i32, new: i32, flags: Option<i32>) -> Outcome {
             return Outcome::Done(Err(err));
         }
     }
-    let duplicated = match sys::dup3(old, new, flags.unwrap_or(0)) {
-        Ok(fd) => fd,
-        Err(err) => return Outcome::Done(Err(err)),
-    };
-    let previous = fdtable::remove(duplicated);
-    let result = match source {
-        Some(target) => home::install(duplicated, target),
-        None => Ok(duplicated),
-    };
-    home::release(previous);
-    Outcome::Done(result.map(i64::from))
+    // The real dup3 and the table's new entry form one step for concurrent lookups of `new`,
+    // as the kernel's replacement of a table slot is one step for concurrent ioctls.
+    match fdtable::dup_onto(old, new, flags.unwrap_or(0), source) {
+        Ok((duplicated, previous)) => {
+            home::release(previous);
+            Outcome::Done(Ok(duplicated.into()))
+        }
+        Err(err) => Outcome::Done(Err(err)),
+    }
 }
 
 /// `fcntl(fd, cmd, arg)`: duplication and `F_GETFL` of emulated descriptors.
 pub fn fcntl(fd: i32, cmd: i32, arg: usize) -> Outcome {
     if !fdtable::active() || !matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC | libc::F_GETFL) {
+        return Outcome::Pass;
+    }
+    if cmd != libc::F_GETFL && fdtable::foreign_process() {
         return Outcome::Pass;
     }
     let Some(target) = emulated(fd) else {
@@ -268,7 +266,7 @@ pub fn ioctl(fd: i32, request: u64, arg: usize) -> Outcome {
     if GENERIC_IOCTLS.contains(&cmd) {
         return Outcome::Pass;
     }
-    Outcome::Done(home::ioctl(&target, cmd, arg as u64))
+    Outcome::Done(home::ioctl(&target, fd, cmd, arg as u64))
 }
 
 /// `read`/`pread` (`offset` given) into the program's `buf`.
@@ -370,4 +368,47 @@ fn write_fail_nth(task: Task, buf: usize, count: usize) -> SysResult<i64> {
     }
     fault::set(task, value);
     Ok(count as i64)
+}
+
+/// `syscall(number, args...)`: the system calls that reach a device through libc's wrappers
+/// are routed to the same decisions as those wrappers (a program that makes its ioctls with
+/// `syscall(SYS_ioctl, ...)` is served as one that calls `ioctl`); everything else passes
+/// through. A call on an emulated descriptor that the library cannot serve is logged once.
+pub fn syscall(number: i64, args: [i64; 6]) -> Outcome {
+    let [a, b, c, d, _, _] = args;
+    let fd = a as i32;
+    match number {
+        libc::SYS_ioctl => ioctl(fd, b as u64, c as usize),
+        libc::SYS_openat => open(Some(fd), b as usize, c as i32),
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_open => open(None, a as usize, b as i32),
+        libc::SYS_close => close(fd),
+        libc::SYS_close_range => close_range(a as u32, b as u32, c as i32),
+        libc::SYS_dup => dup(fd),
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_dup2 => dup3(fd, b as i32, None),
+        libc::SYS_dup3 => dup3(fd, b as i32, Some(c as i32)),
+        libc::SYS_fcntl => fcntl(fd, b as i32, c as usize),
+        libc::SYS_read => read(fd, b as usize, c as usize, None),
+        libc::SYS_write => write(fd, b as usize, c as usize, None),
+        libc::SYS_pread64 => read(fd, b as usize, c as usize, Some(d)),
+        libc::SYS_pwrite64 => write(fd, b as usize, c as usize, Some(d)),
+        libc::SYS_readv
+        | libc::SYS_writev
+        | libc::SYS_preadv
+        | libc::SYS_pwritev
+        | libc::SYS_preadv2
+        | libc::SYS_pwritev2
+        | libc::SYS_mmap => {
+            let fd = if number == libc::SYS_mmap { args[4] as i32 } else { fd };
+            if fdtable::active() && emulated(fd).is_some() {
+                crate::log::notice_once(format_args!(
+                    "system call {number} on the emulated descriptor {fd} is not served \
+                     (only open, close, dup, fcntl, ioctl, read and write are)"
+                ));
+            }
+            Outcome::Pass
+        }
+        _ => Outcome::Pass,
+    }
 }
