@@ -244,8 +244,12 @@ fn hold() -> Check {
     unsafe { libc::pipe(done.as_mut_ptr()) };
     let child = in_child(|| {
         let mut byte = [0u8; 1];
-        // SAFETY: a live one-byte buffer; returns when the parent closes the pipe.
-        unsafe { libc::read(done[0], byte.as_mut_ptr().cast(), 1) };
+        // SAFETY: the parent's end is not ours; then a live one-byte buffer, and the read
+        // returns when the parent closes its end.
+        unsafe {
+            libc::close(done[1]);
+            libc::read(done[0], byte.as_mut_ptr().cast(), 1)
+        };
         alloc_ioas(fd).is_ok()
     });
     close(done[0]).map_err(|e| format!("close: errno {e}"))?;
@@ -393,10 +397,15 @@ fn dup2_race() -> Check {
     for hammer in hammers {
         let _ = hammer.join();
     }
-    let (total, enotty) = (total.load(Ordering::Relaxed), enotty.load(Ordering::Relaxed));
+    let (total, enotty) = (
+        total.load(Ordering::Relaxed),
+        enotty.load(Ordering::Relaxed),
+    );
     println!("dup2 race: 20000 dup2s, {total} ioctls, {enotty} ENOTTY");
     ensure(dup_failures == 0, || format!("{dup_failures} dup2s failed"))?;
-    ensure(enotty == 0, || format!("{enotty} of {total} ioctls saw ENOTTY"))?;
+    ensure(enotty == 0, || {
+        format!("{enotty} of {total} ioctls saw ENOTTY")
+    })?;
     ensure(total > 0, || "no ioctl ran".into())
 }
 
@@ -485,7 +494,12 @@ fn through_syscall() -> Check {
     let path: &CStr = c"/dev/iommu";
     // SAFETY: a live NUL-terminated path.
     let fd = syscall_result(unsafe {
-        libc::syscall(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), libc::O_RDWR)
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::O_RDWR,
+        )
     })
     .map_err(|e| format!("syscall(SYS_openat): errno {e}"))? as i32;
     let mut alloc = IommuIoasAlloc {
@@ -522,7 +536,9 @@ fn through_syscall() -> Check {
     for fd in [fd, copy] {
         // SAFETY: a descriptor number.
         let closed = syscall_result(unsafe { libc::syscall(libc::SYS_close, fd) });
-        ensure(closed == Ok(0), || format!("syscall(SYS_close): {closed:?}"))?;
+        ensure(closed == Ok(0), || {
+            format!("syscall(SYS_close): {closed:?}")
+        })?;
     }
     // SAFETY: integer fcntl command.
     let gone = unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 && errno() == libc::EBADF;

@@ -296,8 +296,7 @@ fn watcher() -> Option<&'static PrivateFd> {
 
 /// The close-event queue of the home, created on first use.
 pub fn watcher_fd() -> SysResult<i32> {
-    let (pid, fd) =
-        WATCHER.get_or_init(|| (sys::getpid(), sys::inotify().map(PrivateFd::adopt)));
+    let (pid, fd) = WATCHER.get_or_init(|| (sys::getpid(), sys::inotify().map(PrivateFd::adopt)));
     if *pid != sys::getpid() {
         return Err(Errno::EIO);
     }

@@ -498,7 +498,9 @@ impl ChildFiles {
             }
         })();
         let Some((reply, passed)) = exchanged else {
-            log::line(format_args!("child gave no answer to {callback:?}: channel closed"));
+            log::line(format_args!(
+                "child gave no answer to {callback:?}: channel closed"
+            ));
             self.broken
                 .store(true, std::sync::atomic::Ordering::Release);
             return Err(Errno::EIO);
@@ -827,10 +829,7 @@ fn call(mut request: Request, pass: Option<i32>) -> SysResult<(Reply, Option<i32
             Ok((reply, passed))
         }
         Err(err) => {
-            log::line(format_args!(
-                "home request {:?} failed: {err}",
-                request.op
-            ));
+            log::line(format_args!("home request {:?} failed: {err}", request.op));
             Err(Errno::EIO)
         }
     }
@@ -992,8 +991,7 @@ fn serve(channel: PrivateFd) {
     let mut peer = Peer::default();
     loop {
         let mut buf = [0u8; REQUEST_LEN + 1];
-        let (len, passed, credentials) = match sys::receive_message_from(channel.get(), &mut buf)
-        {
+        let (len, passed, credentials) = match sys::receive_message_from(channel.get(), &mut buf) {
             Ok((0, passed, _)) => {
                 if let Some(fd) = passed {
                     let _ = sys::close(fd);
@@ -1078,7 +1076,10 @@ fn perform(
                 Node::Iommu
             };
             let (fd, file) = create_iommufd(node, mode, true)?;
-            log::line(format_args!("open {node:?} for pid {pid}: file {}", file.id));
+            log::line(format_args!(
+                "open {node:?} for pid {pid}: file {}",
+                file.id
+            ));
             Ok((0, Some(fd)))
         }
         Op::Ioctl => {
@@ -1200,7 +1201,9 @@ fn new_channel(role: Role) -> Option<NewChannel> {
     match made {
         Ok(channel) => Some(channel),
         Err(err) => {
-            log::line(format_args!("cannot make a channel for a fork child: {err}"));
+            log::line(format_args!(
+                "cannot make a channel for a fork child: {err}"
+            ));
             None
         }
     }

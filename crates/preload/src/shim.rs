@@ -400,7 +400,11 @@ pub fn syscall(number: i64, args: [i64; 6]) -> Outcome {
         | libc::SYS_preadv2
         | libc::SYS_pwritev2
         | libc::SYS_mmap => {
-            let fd = if number == libc::SYS_mmap { args[4] as i32 } else { fd };
+            let fd = if number == libc::SYS_mmap {
+                args[4] as i32
+            } else {
+                fd
+            };
             if fdtable::active() && emulated(fd).is_some() {
                 crate::log::notice_once(format_args!(
                     "system call {number} on the emulated descriptor {fd} is not served \

@@ -197,16 +197,8 @@ pub fn write(fd: i32, data: &[u8]) -> SysResult<usize> {
 /// whether `O_CLOEXEC` is in `flags`).
 pub fn open(path: &std::ffi::CStr, flags: i32, mode: u32) -> SysResult<i32> {
     // SAFETY: `path` is a live NUL-terminated string the kernel only reads.
-    check(unsafe {
-        next_syscall!(
-            libc::SYS_openat,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            flags,
-            mode,
-        )
-    })
-    .map(|fd| fd as i32)
+    check(unsafe { next_syscall!(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), flags, mode,) })
+        .map(|fd| fd as i32)
 }
 
 /// `mkdir(path, mode)`; an existing directory is success.
@@ -427,7 +419,11 @@ pub fn closed_watches(inotify: i32) -> Vec<i32> {
         let mut at = 0;
         while at + HEADER <= len {
             let field = |offset: usize| {
-                u32::from_ne_bytes(buf[at + offset..at + offset + 4].try_into().unwrap_or_default())
+                u32::from_ne_bytes(
+                    buf[at + offset..at + offset + 4]
+                        .try_into()
+                        .unwrap_or_default(),
+                )
             };
             let (wd, mask, name_len) = (field(0) as i32, field(4), field(12) as usize);
             if mask & (libc::IN_CLOSE_WRITE | libc::IN_CLOSE_NOWRITE) != 0 {
