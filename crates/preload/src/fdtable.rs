@@ -10,9 +10,9 @@
 //! entry instead of misrouting a real file's call.
 //!
 //! # Private descriptors
-//! The library's own descriptors (the kept ends of files, sockets, the log) live at high numbers
-//! (see [`PrivateFd::adopt`]) so that they do not change which numbers the program's `open`
-//! calls get. They are hidden from the program: `close` of one reports `EBADF` without closing
+//! The library's own descriptors (the inotify instance, readiness stashes, channels, the log)
+//! live at high numbers (see [`PrivateFd::adopt`]) so that they do not change which numbers
+//! the program's `open` calls get. They are hidden from the program: `close` of one reports `EBADF` without closing
 //! it, `close_range` skips them, and a `dup2` onto one first moves it elsewhere.
 //!
 //! # Locking
@@ -331,7 +331,8 @@ pub(crate) fn lock_private() -> MutexGuard<'static, BTreeMap<i32, Weak<AtomicI32
 }
 
 /// In a fork child: close the private descriptors that are not in `keep` (the parent's
-/// files' kept ends and sockets), so the child's descriptor table holds only what it uses.
+/// inotify instance, stashes and channels), so the child's descriptor table holds only what
+/// it uses.
 pub(crate) fn close_private_except(
     private: &mut BTreeMap<i32, Weak<AtomicI32>>,
     keep: &std::collections::HashSet<i32>,

@@ -450,11 +450,6 @@ pub fn release_closed() {
     }
 }
 
-/// Whether the home serves any file.
-pub fn serves_any() -> bool {
-    registry().as_ref().is_some_and(|r| !r.files.is_empty())
-}
-
 /// The release lock, for the fork handlers.
 pub(crate) fn lock_release() -> MutexGuard<'static, ()> {
     RELEASE.lock().unwrap_or_else(PoisonError::into_inner)

@@ -168,17 +168,6 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> SysResult<usize> {
     }
 }
 
-/// Whether the read end of a pipe reports hang-up: no write end is open anywhere. A read end
-/// that is no longer open (`POLLNVAL`) cannot keep anything alive either, and counts as hung up.
-pub fn pipe_hung_up(read_end: i32) -> bool {
-    let mut fds = [libc::pollfd {
-        fd: read_end,
-        events: 0,
-        revents: 0,
-    }];
-    poll(&mut fds, 0).is_ok() && fds[0].revents & (libc::POLLHUP | libc::POLLNVAL) != 0
-}
-
 /// `read(fd, buf)` on one of the library's own descriptors.
 pub fn read(fd: i32, buf: &mut [u8]) -> SysResult<usize> {
     // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes.
