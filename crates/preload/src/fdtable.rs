@@ -106,42 +106,32 @@ fn table_write() -> RwLockWriteGuard<'static, Option<HashMap<i32, Entry>>> {
 /// The file behind `fd`, if it is emulated. A stale entry (the number now names another open
 /// file) is removed and returned as the second element so the caller can release it.
 ///
-/// An entry and the number's identity can disagree for a moment because a `dup2` onto the
-/// number is under way: [`dup_onto`] changes both under the write lock, so a mismatch is
-/// re-checked under the read lock, which waits for it, before the entry counts as stale.
+/// The number's identity is checked under the table's read lock: [`dup_onto`] changes the
+/// number and its entry together under the write lock, so an interposed `dup2` onto `fd` is
+/// never mistaken for a recycled number.
 pub fn lookup(fd: i32) -> (Option<Target>, Option<Target>) {
     if !active() || fd < 0 {
         return (None, None);
     }
-    let read_entry = || {
+    let expected = {
         let table = TABLE.read().unwrap_or_else(PoisonError::into_inner);
-        table
-            .as_ref()
-            .and_then(|t| t.get(&fd))
-            .map(|entry| (entry.target.clone(), entry.identity))
-    };
-    let Some(expected) = read_entry() else {
-        return (None, None);
-    };
-    let identity = sys::file_identity(fd).ok();
-    if identity == Some(expected.1) {
-        return (Some(expected.0), None);
-    }
-    // A dup2 may have replaced both meanwhile: look again, now that it is done.
-    match read_entry() {
-        None => return (None, None),
-        Some(again) if again.1 != expected.1 => {
-            return match sys::file_identity(fd).ok() == Some(again.1) {
-                true => (Some(again.0), None),
-                false => (None, None),
-            };
+        let Some(entry) = table.as_ref().and_then(|t| t.get(&fd)) else {
+            return (None, None);
+        };
+        if sys::file_identity(fd).ok() == Some(entry.identity) {
+            return (Some(entry.target.clone()), None);
         }
-        Some(_) => {}
-    }
+        entry.identity
+    };
     // Recycled behind our back: forget it, unless someone re-registered it meanwhile.
     let mut table = table_write();
     let stale = match table.as_mut() {
-        Some(t) if t.get(&fd).is_some_and(|e| e.identity == expected.1) => t.remove(&fd),
+        Some(t)
+            if t.get(&fd).is_some_and(|e| e.identity == expected)
+                && sys::file_identity(fd).ok() != Some(expected) =>
+        {
+            t.remove(&fd)
+        }
         _ => None,
     };
     (None, stale.map(|e| e.target))
@@ -168,6 +158,34 @@ pub fn dup_onto(
         None => entries.remove(&duplicated),
     };
     Ok((duplicated, previous.map(|e| e.target)))
+}
+
+/// Run `f` on a descriptor of this process that refers to the served file `identity` (checked
+/// with `fstat`), with the table locked so that no interposed `close` or `dup2` changes the
+/// number meanwhile. `false` when there is none.
+pub fn with_descriptor_of(identity: (u64, u64), f: impl FnOnce(i32)) -> bool {
+    let table = TABLE.read().unwrap_or_else(PoisonError::into_inner);
+    let found = table.iter().flat_map(|t| t.iter()).find(|(&fd, entry)| {
+        entry.identity == identity
+            && matches!(entry.target, Target::Local(_))
+            && sys::file_identity(fd).ok() == Some(identity)
+    });
+    match found {
+        Some((&fd, _)) => {
+            f(fd);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Whether a descriptor of this process other than `except` is recorded for `identity`.
+pub fn holds_other(identity: (u64, u64), except: i32) -> bool {
+    let table = TABLE.read().unwrap_or_else(PoisonError::into_inner);
+    table
+        .iter()
+        .flat_map(|t| t.iter())
+        .any(|(&fd, entry)| fd != except && entry.identity == identity)
 }
 
 /// Record that `fd` now refers to `target`; returns the entry it replaces (a stale one).

@@ -23,11 +23,14 @@
 //! queue, an access) is readable exactly when the engine has something for it: [`Readiness`]
 //! keeps the invariant "one byte is in the pipe iff the file is readable", writing the byte
 //! when the file becomes readable (a fault queue tells us through its readiness observer) and
-//! draining it on the next `read` that finds the file not readable any more. The home writes
-//! and drains through a *stash*, a second description of the same pipe that it opens at
-//! creation (before the watch is added, and whose watch is removed before the stash is closed,
-//! so it never produces a close event of its own); the program's `read`/`write` are still
-//! served by the engine and never see the byte.
+//! draining it on the next `read` that finds the file not readable any more. The program's
+//! `read`/`write` are still served by the engine and never see the byte. The home writes and
+//! drains through the program's own descriptor while it holds one (found in its descriptor
+//! table, under the table's lock, so that the number cannot change meanwhile). When it closes
+//! its last one while the file lives on (in fork children, or the program's `close` is about to
+//! release it), it first reopens a private *stash* description through `/proc/self/fd/N`
+//! ([`ShimFile::keep_readiness`]); a file made for a fork child gets its stash at creation. The
+//! stash's own close never counts as a last close: its watch is removed first.
 //!
 //! Limits of the readiness byte: when the queue empties other than by a `read` of the file
 //! (an automatic response on detach), the program's descriptor stays readable until its next
@@ -45,8 +48,9 @@
 //! [`RELEASE`] serialises releases, so that of two threads draining close events, the one that
 //! does not drop the file waits until the other has finished dropping it. It is taken before
 //! `REGISTRY`, which is a leaf lock held only to insert, look up or remove. Each [`Readiness`]
-//! has its own mutex, taken with no other library lock held and before the fault queue's own
-//! lock (it reads the queue's state under it).
+//! has its own mutex, taken with no other library lock held, before the descriptor table's
+//! lock (to find the home's descriptor of the file) and the fault queue's own lock (it reads
+//! the queue's state under it).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,12 +146,40 @@ pub struct ShimFile {
 }
 
 impl ShimFile {
-    /// Bring the readiness byte in line with the file's state after a `read`. Files without
-    /// a readiness byte ignore it.
+    /// Bring the readiness byte in line with the file's state (after a `read`, or once the
+    /// byte has a way into the pipe again). Files without a readiness byte ignore it.
     pub fn sync_readiness(&self) {
         if let (Some(readiness), FileKind::Emulated(emulated)) = (&self.readiness, &self.kind) {
             readiness.sync(|| readable(emulated));
         }
+    }
+
+    /// Whether the file keeps a readiness byte (a file an ioctl handed out, served here).
+    pub fn has_readiness(&self) -> bool {
+        self.readiness.is_some()
+    }
+
+    /// The home is about to close `fd`, its last descriptor of this file: open the readiness
+    /// stash through it first, so that the byte still reaches the file's other holders.
+    pub fn keep_readiness(&self, fd: i32) {
+        let Some(readiness) = &self.readiness else {
+            return;
+        };
+        match sys::open(&proc_fd_path(fd), libc::O_RDWR | libc::O_CLOEXEC, 0) {
+            Ok(opened) => {
+                let stash = PrivateFd::adopt(opened);
+                let mut state = readiness.lock();
+                if state.stash.is_none() && !state.closed {
+                    state.stash = Some(stash);
+                } else {
+                    stash.close();
+                }
+            }
+            Err(err) => {
+                crate::log::line(format_args!("file {}: no readiness stash: {err}", self.id));
+            }
+        }
+        self.sync_readiness();
     }
 }
 
@@ -177,7 +209,8 @@ fn readable(file: &EmulatedFile) -> bool {
 /// updates apply in some order and the last one leaves the invariant true.
 #[derive(Debug)]
 pub struct Readiness {
-    stash: PrivateFd,
+    /// The file's pipe, to find the home's descriptors of it.
+    identity: Identity,
     state: Mutex<ReadinessState>,
 }
 
@@ -185,8 +218,10 @@ pub struct Readiness {
 struct ReadinessState {
     /// A readiness byte is in the pipe.
     signalled: bool,
-    /// The stash is closed: nothing more to signal.
+    /// The file is released: nothing more to signal.
     closed: bool,
+    /// The home's own description of the pipe, once it has no descriptor of the program's.
+    stash: Option<PrivateFd>,
 }
 
 impl Readiness {
@@ -214,17 +249,33 @@ impl Readiness {
         }
         let wanted = readable();
         if wanted && !state.signalled {
-            state.signalled = sys::write(self.stash.get(), &[1]).is_ok();
-        } else if !wanted && state.signalled {
-            drain_one(self.stash.get());
+            let mut written = false;
+            self.through(&state, |pipe| written = sys::write(pipe, &[1]).is_ok());
+            state.signalled = written;
+        } else if !wanted && state.signalled && self.through(&state, drain_one) {
             state.signalled = false;
+        }
+    }
+
+    /// Run `f` on a descriptor of the pipe: the stash, else one of the home's descriptors of
+    /// the program's (under the table's lock). `false` when there is none (a closing home
+    /// descriptor whose stash is not attached yet: [`ShimFile::keep_readiness`] syncs again).
+    fn through(&self, state: &ReadinessState, f: impl FnOnce(i32)) -> bool {
+        match &state.stash {
+            Some(stash) => {
+                f(stash.get());
+                true
+            }
+            None => crate::fdtable::with_descriptor_of(self.identity, f),
         }
     }
 
     fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
-        self.stash.close();
+        if let Some(stash) = state.stash.take() {
+            stash.close();
+        }
     }
 }
 
@@ -304,7 +355,7 @@ pub fn watcher_fd() -> SysResult<i32> {
 }
 
 /// A file being set up by the home: its descriptor's identity, close watch and (for files an
-/// ioctl hands out) readiness stash. [`register`] turns it into a served file; dropping it
+/// ioctl hands out to a fork child) readiness stash. [`register`] turns it into a served file; dropping it
 /// instead removes the watch and closes the stash.
 #[derive(Debug)]
 pub struct Prepared {
@@ -372,10 +423,13 @@ fn registry() -> MutexGuard<'static, Option<Registry>> {
 
 /// Serve `kind` as the file `prepared` describes.
 pub fn register(kind: FileKind, mode: AccessMode, mut prepared: Prepared) -> Arc<ShimFile> {
-    let readiness = prepared.stash.take().map(|stash| {
+    let readiness = matches!(kind, FileKind::Emulated(_)).then(|| {
         Arc::new(Readiness {
-            stash,
-            state: Mutex::new(ReadinessState::default()),
+            identity: prepared.identity,
+            state: Mutex::new(ReadinessState {
+                stash: prepared.stash.take(),
+                ..ReadinessState::default()
+            }),
         })
     });
     let watch = prepared.watch;

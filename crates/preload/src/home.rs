@@ -227,6 +227,16 @@ pub fn install(fd: i32, target: Target) -> SysResult<i32> {
     }
 }
 
+/// The program is about to close `fd`, whose table entry (`target`) is already gone: if it was
+/// the home's last descriptor of a file with a readiness byte, keep a way into the pipe.
+pub fn before_close(target: Option<&Target>, fd: i32) {
+    if let Some(Target::Local(file)) = target {
+        if file.has_readiness() && !fdtable::holds_other(file.identity, fd) {
+            file.keep_readiness(fd);
+        }
+    }
+}
+
 /// A descriptor of `target` was closed: release the file if that was its last one anywhere.
 pub fn release(target: Option<Target>) {
     match target {
@@ -385,7 +395,8 @@ struct Installer {
 impl FileInstaller for Installer {
     fn reserve(&self) -> Result<i32, Errno> {
         let fd = files::new_descriptor(true, false)?;
-        match files::Prepared::watch(fd, true) {
+        // No stash: the home holds the program's descriptor (see `files::Readiness`).
+        match files::Prepared::watch(fd, false) {
             Ok(prepared) => {
                 pending(&self.pending).insert(fd, prepared);
                 Ok(fd)
@@ -413,7 +424,10 @@ impl FileInstaller for Installer {
         let mode = AccessMode::from_flags(libc::O_RDWR);
         let shim = files::register(FileKind::Emulated(file), mode, prepared);
         log::line(format_args!("install file {} at fd {fd}", shim.id));
-        let _ = install(fd, Target::Local(shim));
+        if install(fd, Target::Local(shim.clone())).is_ok() {
+            // The readiness byte can reach the pipe now that the table knows the number.
+            shim.sync_readiness();
+        }
     }
 
     fn get(&self, fd: i32) -> Option<EmulatedFile> {

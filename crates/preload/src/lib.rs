@@ -43,8 +43,9 @@
 //! home's callbacks for its descriptor table under `home::CONNECTION`, taking `fdtable::TABLE`
 //! after it. The file installers' reservation tables (`home::Installer`, and each
 //! `home::ChildFiles` on a server thread) are leaves outside this order, as is each file's
-//! readiness lock (`files::Readiness`), taken with no library lock held and before the fault
-//! queue's own lock. `fdtable::TABLE` is held for writing across the real `dup3` of a
+//! readiness lock (`files::Readiness`), taken with no library lock held and before
+//! `fdtable::TABLE` (read, to write the readiness byte through the home's descriptor of the
+//! file) and the fault queue's own lock. `fdtable::TABLE` is held for writing across the real `dup3` of a
 //! `dup2`/`dup3` onto a number, so that the change is atomic to lookups.
 
 pub mod fault;

@@ -132,6 +132,7 @@ pub fn close(fd: i32) -> Outcome {
         return Outcome::Pass;
     }
     let target = fdtable::remove(fd);
+    home::before_close(target.as_ref(), fd);
     let closed = sys::close(fd);
     home::release(target);
     Outcome::Done(closed.map(|()| 0))
@@ -153,6 +154,9 @@ pub fn close_range(first: u32, last: u32, flags: i32) -> Outcome {
     };
     if private.is_empty() && released.is_empty() {
         return Outcome::Pass;
+    }
+    for (fd, target) in &released {
+        home::before_close(Some(target), *fd);
     }
     let mut result = Ok(());
     let mut start = u64::from(first);
@@ -196,7 +200,8 @@ pub fn dup3(old: i32, new: i32, flags: Option<i32>) -> Outcome {
         return Outcome::Pass;
     }
     let source = emulated(old);
-    let replaced = emulated(new).is_some();
+    let replacing = emulated(new);
+    let replaced = replacing.is_some();
     let private = fdtable::is_private(new);
     if source.is_none() && !replaced && !private {
         return Outcome::Pass;
@@ -213,6 +218,8 @@ pub fn dup3(old: i32, new: i32, flags: Option<i32>) -> Outcome {
             return Outcome::Done(Err(err));
         }
     }
+    // The file at `new` loses this descriptor.
+    home::before_close(replacing.as_ref(), new);
     // The real dup3 and the table's new entry form one step for concurrent lookups of `new`,
     // as the kernel's replacement of a table slot is one step for concurrent ioctls.
     match fdtable::dup_onto(old, new, flags.unwrap_or(0), source) {

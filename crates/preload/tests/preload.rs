@@ -140,6 +140,11 @@ fn faults_make_a_fork_child_s_fault_fd_readable() {
 }
 
 #[test]
+fn a_fork_child_s_fault_fd_stays_pollable_after_the_parent_closes_its_copy() {
+    fault_check("fork-parent-closed");
+}
+
+#[test]
 fn a_fault_fd_is_released_on_last_close_after_an_automatic_response() {
     fault_check("close");
 }
