@@ -8,7 +8,7 @@
 //! it exactly once, on the last close anywhere (or at the exit of the last holder).
 //!
 //! The home process (see [`crate::home`]) learns of that close through *one* inotify instance
-//! ([`Watcher`]): each file it serves has a watch on its pipe's inode for close events, and the
+//! ([`watcher_fd`]): each file it serves has a watch on its pipe's inode for close events, and the
 //! kernel queues the event before the closing `close` (or `exit`) returns. The home's own
 //! `close` drains the queue ([`release_closed`]) before returning, so an iommufd context's
 //! objects and pins are gone by then, as with the kernel's release on last `fput`; the home's
