@@ -487,8 +487,8 @@ fn syscall_result(ret: libc::c_long) -> Result<i64, i32> {
     }
 }
 
-/// `open`, `ioctl`, `dup` and `close` made through `syscall(2)` are served like the libc
-/// calls; a system call the library cannot serve on an emulated descriptor is reported
+/// `open`, `ioctl`, `dup`, `readv` and `close` made through `syscall(2)` are served like the
+/// libc calls; a system call the library cannot serve on an emulated descriptor is reported
 /// (once, on stderr under `uiommu run`).
 fn through_syscall() -> Check {
     let path: &CStr = c"/dev/iommu";
@@ -529,9 +529,32 @@ fn through_syscall() -> Check {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
     };
+    // Vectored reads are served as the kernel serves /dev/iommu's: it has no read (EINVAL).
+    // SAFETY: a live iovec of one byte.
+    let readv = unsafe { libc::readv(fd, &iov, 1) };
+    ensure(readv == -1 && errno() == libc::EINVAL, || {
+        format!("readv gave {readv} (errno {})", errno())
+    })?;
+    // SAFETY: a live iovec of one byte.
+    let readv = unsafe { libc::syscall(libc::SYS_readv, fd, &iov as *const libc::iovec, 1) };
+    ensure(readv == -1 && errno() == libc::EINVAL, || {
+        format!("syscall(SYS_readv) gave {readv} (errno {})", errno())
+    })?;
     for _ in 0..2 {
-        // SAFETY: a live iovec of one byte (the kernel refuses a positional read of a pipe).
-        unsafe { libc::syscall(libc::SYS_preadv, fd, &iov as *const libc::iovec, 1, 0) };
+        // Not served (the library says so once); the kernel refuses a positional read of the
+        // pipe behind the descriptor.
+        // SAFETY: a live iovec of one byte.
+        unsafe {
+            libc::syscall(
+                libc::SYS_preadv2,
+                fd,
+                &iov as *const libc::iovec,
+                1,
+                0,
+                0,
+                0,
+            )
+        };
     }
     for fd in [fd, copy] {
         // SAFETY: a descriptor number.

@@ -23,6 +23,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use libc::{c_char, c_int, c_long, c_uint, c_ulong, c_void, off_t, size_t, ssize_t, DIR};
 use uiommu_iommufd::errno::Errno;
 
+use crate::home::Direction;
 use crate::shim::{self, Outcome};
 use crate::{log, real, sys};
 
@@ -360,6 +361,62 @@ macro_rules! export_pread_chk {
 
 export_pread_chk!(__pread_chk, pread_chk);
 export_pread_chk!(__pread64_chk, pread64_chk);
+
+/// Defines the vectored transfer symbols: `$direction` and whether there is an offset.
+macro_rules! export_vectored {
+    ($name:ident, $real:ident, $direction:ident) => {
+        #[no_mangle]
+        /// # Safety
+        /// As libc's function of the same name.
+        pub unsafe extern "C" fn $name(
+            fd: c_int,
+            iov: *const libc::iovec,
+            iovcnt: c_int,
+        ) -> ssize_t {
+            match decide(stringify!($name), || {
+                shim::vectored(fd, Direction::$direction, iov as usize, iovcnt, None)
+            }) {
+                // SAFETY: the program's own arguments.
+                Outcome::Pass | Outcome::Redirect(_) => unsafe { real::$real(fd, iov, iovcnt) },
+                Outcome::Done(result) => finish(result) as ssize_t,
+            }
+        }
+    };
+    ($name:ident, $real:ident, $direction:ident, offset) => {
+        #[no_mangle]
+        /// # Safety
+        /// As libc's function of the same name.
+        pub unsafe extern "C" fn $name(
+            fd: c_int,
+            iov: *const libc::iovec,
+            iovcnt: c_int,
+            offset: off_t,
+        ) -> ssize_t {
+            match decide(stringify!($name), || {
+                shim::vectored(
+                    fd,
+                    Direction::$direction,
+                    iov as usize,
+                    iovcnt,
+                    Some(offset),
+                )
+            }) {
+                // SAFETY: the program's own arguments.
+                Outcome::Pass | Outcome::Redirect(_) => unsafe {
+                    real::$real(fd, iov, iovcnt, offset)
+                },
+                Outcome::Done(result) => finish(result) as ssize_t,
+            }
+        }
+    };
+}
+
+export_vectored!(readv, readv, Read);
+export_vectored!(writev, writev, Write);
+export_vectored!(preadv, preadv, Read, offset);
+export_vectored!(preadv64, preadv64, Read, offset);
+export_vectored!(pwritev, pwritev, Write, offset);
+export_vectored!(pwritev64, pwritev64, Write, offset);
 
 #[no_mangle]
 /// # Safety

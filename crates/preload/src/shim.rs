@@ -287,6 +287,65 @@ pub fn write(fd: i32, buf: usize, count: usize, offset: Option<i64>) -> Outcome 
     transfer(fd, Direction::Write, buf, count, offset)
 }
 
+/// Linux's `UIO_MAXIOV`: the most iovecs one vectored call takes.
+const UIO_MAXIOV: i32 = 1024;
+
+/// `readv`/`writev` (`preadv`/`pwritev` with `offset`) on `fd` if it is emulated: each iovec in
+/// turn through the file's `read`/`write`, stopping at the first short transfer, as the
+/// kernel does for a file without `read_iter`/`write_iter`.
+pub fn vectored(
+    fd: i32,
+    direction: Direction,
+    iov: usize,
+    iovcnt: i32,
+    offset: Option<i64>,
+) -> Outcome {
+    if !fdtable::active() {
+        return Outcome::Pass;
+    }
+    let Some(target) = emulated(fd) else {
+        return Outcome::Pass;
+    };
+    Outcome::Done(vectored_transfer(
+        &target, fd, direction, iov, iovcnt, offset,
+    ))
+}
+
+fn vectored_transfer(
+    target: &Target,
+    fd: i32,
+    direction: Direction,
+    iov: usize,
+    iovcnt: i32,
+    offset: Option<i64>,
+) -> SysResult<i64> {
+    if !(0..=UIO_MAXIOV).contains(&iovcnt) {
+        return Err(Errno::EINVAL);
+    }
+    const IOVEC: usize = std::mem::size_of::<libc::iovec>();
+    let mut vectors = vec![0u8; iovcnt as usize * IOVEC];
+    sys::read_user(iov, &mut vectors)?;
+    let mut done: i64 = 0;
+    for vector in vectors.chunks_exact(IOVEC) {
+        const WORD: usize = std::mem::size_of::<usize>();
+        let field =
+            |at: usize| usize::from_ne_bytes(vector[at..at + WORD].try_into().unwrap_or_default());
+        let (base, len) = (field(0), field(WORD));
+        let at = offset.map(|o| o.saturating_add(done));
+        match file_transfer(target, fd, direction, base, len, at) {
+            Ok(n) => {
+                done += n;
+                if (n as usize) < len {
+                    break;
+                }
+            }
+            Err(err) if done == 0 => return Err(err),
+            Err(_) => break,
+        }
+    }
+    Ok(done)
+}
+
 /// `read`/`write` in `direction` on `fd` if it is emulated.
 fn transfer(
     fd: i32,
@@ -400,13 +459,11 @@ pub fn syscall(number: i64, args: [i64; 6]) -> Outcome {
         libc::SYS_write => write(fd, b as usize, c as usize, None),
         libc::SYS_pread64 => read(fd, b as usize, c as usize, Some(d)),
         libc::SYS_pwrite64 => write(fd, b as usize, c as usize, Some(d)),
-        libc::SYS_readv
-        | libc::SYS_writev
-        | libc::SYS_preadv
-        | libc::SYS_pwritev
-        | libc::SYS_preadv2
-        | libc::SYS_pwritev2
-        | libc::SYS_mmap => {
+        libc::SYS_readv => vectored(fd, Direction::Read, b as usize, c as i32, None),
+        libc::SYS_writev => vectored(fd, Direction::Write, b as usize, c as i32, None),
+        libc::SYS_preadv => vectored(fd, Direction::Read, b as usize, c as i32, Some(d)),
+        libc::SYS_pwritev => vectored(fd, Direction::Write, b as usize, c as i32, Some(d)),
+        libc::SYS_preadv2 | libc::SYS_pwritev2 | libc::SYS_mmap => {
             let fd = if number == libc::SYS_mmap {
                 args[4] as i32
             } else {
@@ -415,7 +472,7 @@ pub fn syscall(number: i64, args: [i64; 6]) -> Outcome {
             if fdtable::active() && emulated(fd).is_some() {
                 crate::log::notice_once(format_args!(
                     "system call {number} on the emulated descriptor {fd} is not served \
-                     (only open, close, dup, fcntl, ioctl, read and write are)"
+                     (open, close, dup, fcntl, ioctl, read and write and their variants are)"
                 ));
             }
             Outcome::Pass
