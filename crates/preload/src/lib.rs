@@ -3,7 +3,7 @@
 //!
 //! The library interposes the libc calls a program uses to reach a character device (`open`
 //! and its fortified and LFS variants, `close`, `dup*`, `fcntl`, `ioctl`, `read`/`write` and
-//! their positional and fortified variants, `close_range`, `closefrom`, `opendir`, and
+//! their positional, vectored and fortified variants, `close_range`, `closefrom`, `opendir`, and
 //! `syscall` for the same system calls made through it). Opening `/dev/iommu` returns an
 //! *emulated file*: one real kernel file descriptor (a pipe reopened read-write) whose ioctls
 //! are served by uiommu's iommufd engine over an in-process IOMMU core with the mock driver
