@@ -234,6 +234,28 @@ fn forged_requests() -> Check {
     close(fd).map_err(|e| format!("close: errno {e}"))
 }
 
+/// A grandchild reaches the home's files too: its parent passed the home its channel.
+fn grandchild() -> Check {
+    let fd = open_iommu().map_err(|e| format!("open: errno {e}"))?;
+    let ioas = alloc_ioas(fd).map_err(|e| format!("IOAS_ALLOC: errno {e}"))?;
+    let child = in_child(|| {
+        let grandchild = in_child(|| {
+            let destroyed = destroy(fd, ioas);
+            let own = open_iommu().and_then(|own| alloc_ioas(own).map(|_| own));
+            println!("grandchild: destroy {destroyed:?}, own file {own:?}");
+            destroyed == Ok(0) && own.is_ok()
+        });
+        wait(grandchild) == 0 && destroy(fd, ioas) == Err(libc::ENOENT)
+    });
+    ensure(wait(child) == 0, || {
+        "the grandchild or child was not served".into()
+    })?;
+    ensure(destroy(fd, ioas) == Err(libc::ENOENT), || {
+        "the grandchild's destroy did not reach the home's context".into()
+    })?;
+    close(fd).map_err(|e| format!("close: errno {e}"))
+}
+
 /// Hold a forked program for the test runner to probe from outside: print `ready PID CHILD`,
 /// then wait until stdin closes.
 fn hold() -> Check {
@@ -574,6 +596,7 @@ fn main() -> ExitCode {
     let result = match name {
         "forged-requests" => forged_requests(),
         "hold" => hold(),
+        "grandchild" => grandchild(),
         "connect-any" => connect_any(&args[1..]),
         "silent-peer" => silent_peer(),
         "dup2-race" => dup2_race(),

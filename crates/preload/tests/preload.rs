@@ -373,6 +373,11 @@ fn forged_requests_and_a_child_that_changed_uid_get_nothing() {
 }
 
 #[test]
+fn a_grandchild_is_served_over_the_channel_its_parent_handed_the_home() {
+    isolation_check("grandchild", &[]);
+}
+
+#[test]
 fn a_silent_child_does_not_stall_another_child_and_loses_its_channel() {
     isolation_check("silent-peer", &[]);
 }
