@@ -443,8 +443,8 @@ impl FileInstaller for Installer {
     }
 }
 
-/// How long the home waits for a child's answer to a [`Callback`] before it fails the
-/// child's request and closes its channel.
+/// How long the home waits for a child's answer to a [`Callback`] (or for room to send to it)
+/// before it fails the child's request and closes its channel.
 pub const CALLBACK_TIMEOUT_SECONDS: i64 = 3;
 
 /// The [`FileInstaller`] for one ioctl of a fork child, run by the home's server thread for
@@ -964,10 +964,10 @@ fn ensure_watcher_thread() {
 }
 
 /// Make `fd`, the home's end of a channel, ready for serving: credentials on every message, a
-/// bounded wait for answers.
+/// bounded wait for answers (and for room to send to a child that reads nothing).
 fn configure_channel(fd: i32) -> SysResult<()> {
     sys::pass_credentials(fd)?;
-    sys::receive_timeout(fd, CALLBACK_TIMEOUT_SECONDS)
+    sys::transfer_timeout(fd, CALLBACK_TIMEOUT_SECONDS)
 }
 
 /// Serve the channel `channel` on a thread of its own.

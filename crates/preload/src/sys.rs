@@ -355,13 +355,15 @@ pub fn pass_credentials(fd: i32) -> SysResult<()> {
     set_socket_option(fd, libc::SO_PASSCRED, &1i32)
 }
 
-/// `SO_RCVTIMEO`: a receive on `fd` gives up with `EAGAIN` after `seconds`.
-pub fn receive_timeout(fd: i32, seconds: i64) -> SysResult<()> {
+/// `SO_RCVTIMEO` and `SO_SNDTIMEO`: a receive, or a send into a full buffer, on `fd` gives
+/// up with `EAGAIN` after `seconds`.
+pub fn transfer_timeout(fd: i32, seconds: i64) -> SysResult<()> {
     let timeout = libc::timeval {
         tv_sec: seconds,
         tv_usec: 0,
     };
-    set_socket_option(fd, libc::SO_RCVTIMEO, &timeout)
+    set_socket_option(fd, libc::SO_RCVTIMEO, &timeout)?;
+    set_socket_option(fd, libc::SO_SNDTIMEO, &timeout)
 }
 
 /// A sender's credentials, from `SCM_CREDENTIALS`.
