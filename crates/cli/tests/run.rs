@@ -188,3 +188,71 @@ fn run_requires_a_program() {
     let out = uiommu().arg("run").output().expect("run uiommu");
     assert!(!out.status.success());
 }
+
+#[test]
+fn run_says_once_that_a_static_program_cannot_be_served() {
+    let dir = std::env::temp_dir().join(format!("uiommu-run-static-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let source = dir.join("opens.c");
+    std::fs::write(
+        &source,
+        "#include <fcntl.h>\n#include <stdio.h>\n\
+         int main(void) { printf(\"open %d\\n\", open(\"/dev/iommu\", O_RDWR) >= 0); return 0; }\n",
+    )
+    .expect("write the program");
+    let mut binaries = Vec::new();
+    for (name, flags) in [("static", &["-static"][..]), ("dynamic", &[][..])] {
+        let binary = dir.join(name);
+        let compiled = Command::new("cc")
+            .args(flags)
+            .arg("-o")
+            .arg(&binary)
+            .arg(&source)
+            .output()
+            .expect("run cc");
+        assert!(compiled.status.success(), "{}", text(&compiled.stderr));
+        binaries.push(binary);
+    }
+    let log = dir.join("run.log");
+    let out = run(&[
+        "--log",
+        log.to_str().expect("utf-8 path"),
+        "--",
+        binaries[0].to_str().expect("utf-8 path"),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stderr.matches("statically linked").count(),
+        1,
+        "one warning on stderr: {stderr}"
+    );
+    assert!(stderr.contains("LD_PRELOAD cannot reach it"), "{stderr}");
+    let logged = std::fs::read_to_string(&log).expect("the log");
+    assert_eq!(logged.matches("statically linked").count(), 1, "{logged}");
+    // The program still runs; the warning is why it found no /dev/iommu to serve it.
+    assert!(out.status.success());
+
+    // A dynamic program is served, without a warning.
+    let out = run(&["--", binaries[1].to_str().expect("utf-8 path")]);
+    assert_eq!(text(&out.stdout), "open 1\n");
+    assert_eq!(text(&out.stderr), "");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn run_serves_ioctls_made_through_syscall() {
+    let checks = preload_examples().join("isolation");
+    let out = run(&[
+        "--",
+        checks.to_str().expect("utf-8 path"),
+        "through-syscall",
+    ]);
+    assert_eq!(
+        text(&out.stdout),
+        "ok through-syscall\n",
+        "{}",
+        text(&out.stderr)
+    );
+    // What the library cannot serve (a positional readv of the device) is said once.
+    assert_eq!(text(&out.stderr).matches("is not served").count(), 1);
+}

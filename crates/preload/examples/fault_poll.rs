@@ -427,6 +427,16 @@ fn fork_child(iopf: &Iopf, ready: i32) -> Check {
 }
 
 fn fork_check() -> Check {
+    fork_and_fault(false)
+}
+
+/// As `fork`, but the parent closes its copy of the fault fd right after the fork: the child's
+/// copy still polls readable when a fault is queued.
+fn fork_parent_closed_check() -> Check {
+    fork_and_fault(true)
+}
+
+fn fork_and_fault(parent_closes: bool) -> Check {
     let iopf = setup()?;
     let mut ready = [0i32; 2];
     // SAFETY: a live array of two ints.
@@ -446,6 +456,12 @@ fn fork_check() -> Check {
         // SAFETY: leaves the child at once.
         unsafe { libc::_exit(code) }
     }
+    if parent_closes {
+        // SAFETY: closes our copy of the fault fd; the child keeps its own.
+        ensure(unsafe { libc::close(iopf.fault_fd) } == 0, || {
+            "close of the parent's fault fd".into()
+        })?;
+    }
     let mut byte = [0u8; 1];
     // SAFETY: a live one-byte buffer.
     let n = unsafe { libc::read(ready[0], byte.as_mut_ptr().cast(), 1) };
@@ -459,6 +475,9 @@ fn fork_check() -> Check {
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         || format!("the child failed: status {status:#x}"),
     )?;
+    if parent_closes {
+        return Ok(());
+    }
     ensure(!wait_readable(iopf.fault_fd, 0)?, || {
         "the parent's fd is readable after the child handled every fault".into()
     })
@@ -693,19 +712,20 @@ fn child_alloc_check() -> Check {
 type NamedCheck = (&'static str, fn() -> Check);
 
 fn main() -> ExitCode {
-    let checks: [NamedCheck; 7] = [
+    let checks: [NamedCheck; 8] = [
         ("poll", poll_check),
         ("select", select_check),
         ("epoll", epoll_check),
         ("fork", fork_check),
+        ("fork-parent-closed", fork_parent_closed_check),
         ("close", close_check),
         ("close-readable", close_readable_check),
         ("child-alloc", child_alloc_check),
     ];
     let Some(name) = std::env::args().nth(1) else {
         eprintln!(
-            "usage: fault_poll CHECK (one of poll, select, epoll, fork, close, close-readable, \
-             child-alloc)"
+            "usage: fault_poll CHECK (one of poll, select, epoll, fork, fork-parent-closed, close, \
+             close-readable, child-alloc)"
         );
         return ExitCode::FAILURE;
     };

@@ -5,7 +5,7 @@
 //! untouched arguments to the next definition ([`crate::real`]) or returns the emulated
 //! result, setting `errno` on failure.
 //!
-//! Stable Rust cannot define C-variadic functions, so `open`, `openat`, `fcntl` and `ioctl`
+//! Stable Rust cannot define C-variadic functions, so `open`, `openat`, `fcntl`, `ioctl` and `syscall`
 //! are defined with their optional argument as a fixed one. That is sound on the supported
 //! targets (x86_64 and aarch64 Linux), where a variadic argument travels in the register a
 //! fixed one would use; the optional argument is only *used* when the flags or the command
@@ -20,9 +20,10 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use libc::{c_char, c_int, c_uint, c_ulong, c_void, off_t, size_t, ssize_t, DIR};
+use libc::{c_char, c_int, c_long, c_uint, c_ulong, c_void, off_t, size_t, ssize_t, DIR};
 use uiommu_iommufd::errno::Errno;
 
+use crate::home::Direction;
 use crate::shim::{self, Outcome};
 use crate::{log, real, sys};
 
@@ -361,6 +362,62 @@ macro_rules! export_pread_chk {
 export_pread_chk!(__pread_chk, pread_chk);
 export_pread_chk!(__pread64_chk, pread64_chk);
 
+/// Defines the vectored transfer symbols: `$direction` and whether there is an offset.
+macro_rules! export_vectored {
+    ($name:ident, $real:ident, $direction:ident) => {
+        #[no_mangle]
+        /// # Safety
+        /// As libc's function of the same name.
+        pub unsafe extern "C" fn $name(
+            fd: c_int,
+            iov: *const libc::iovec,
+            iovcnt: c_int,
+        ) -> ssize_t {
+            match decide(stringify!($name), || {
+                shim::vectored(fd, Direction::$direction, iov as usize, iovcnt, None)
+            }) {
+                // SAFETY: the program's own arguments.
+                Outcome::Pass | Outcome::Redirect(_) => unsafe { real::$real(fd, iov, iovcnt) },
+                Outcome::Done(result) => finish(result) as ssize_t,
+            }
+        }
+    };
+    ($name:ident, $real:ident, $direction:ident, offset) => {
+        #[no_mangle]
+        /// # Safety
+        /// As libc's function of the same name.
+        pub unsafe extern "C" fn $name(
+            fd: c_int,
+            iov: *const libc::iovec,
+            iovcnt: c_int,
+            offset: off_t,
+        ) -> ssize_t {
+            match decide(stringify!($name), || {
+                shim::vectored(
+                    fd,
+                    Direction::$direction,
+                    iov as usize,
+                    iovcnt,
+                    Some(offset),
+                )
+            }) {
+                // SAFETY: the program's own arguments.
+                Outcome::Pass | Outcome::Redirect(_) => unsafe {
+                    real::$real(fd, iov, iovcnt, offset)
+                },
+                Outcome::Done(result) => finish(result) as ssize_t,
+            }
+        }
+    };
+}
+
+export_vectored!(readv, readv, Read);
+export_vectored!(writev, writev, Write);
+export_vectored!(preadv, preadv, Read, offset);
+export_vectored!(preadv64, preadv64, Read, offset);
+export_vectored!(pwritev, pwritev, Write, offset);
+export_vectored!(pwritev64, pwritev64, Write, offset);
+
 #[no_mangle]
 /// # Safety
 /// As libc's `opendir`.
@@ -377,5 +434,35 @@ pub unsafe extern "C" fn opendir(name: *const c_char) -> *mut DIR {
             }
             std::ptr::null_mut()
         }
+    }
+}
+
+#[no_mangle]
+/// # Safety
+/// As libc's `syscall`. Stable Rust cannot define a C-variadic function, so the six possible
+/// arguments are fixed ones (see the module documentation): the ones the call did not pass
+/// are whatever their registers or stack slot hold, and are forwarded unused.
+pub unsafe extern "C" fn syscall(
+    number: c_long,
+    a: c_long,
+    b: c_long,
+    c: c_long,
+    d: c_long,
+    e: c_long,
+    f: c_long,
+) -> c_long {
+    let mut args = [a, b, c, d, e, f];
+    match decide("syscall", || shim::syscall(number, args)) {
+        // SAFETY: the program's own arguments.
+        Outcome::Pass => unsafe { sys::forward_syscall(number, args) },
+        Outcome::Redirect(other) => {
+            // Only an open is redirected: its path argument is replaced.
+            let path_at = usize::from(number == libc::SYS_openat);
+            args[path_at] = other.as_ptr() as c_long;
+            // SAFETY: the program's arguments with the path replaced by a NUL-terminated path
+            // we own, live for the call.
+            unsafe { sys::forward_syscall(number, args) }
+        }
+        Outcome::Done(result) => finish(result) as c_long,
     }
 }

@@ -267,7 +267,11 @@ fn populate_debugfs(dir: &[u8]) -> SysResult<()> {
     for file in DEBUGFS_FILES {
         let (parent, _) = file.split_once('/').unwrap_or(("", file));
         sys::mkdir(&path(parent)?, 0o700)?;
-        let fd = sys::open(&path(file)?, libc::O_WRONLY | libc::O_CREAT, 0o600)?;
+        let fd = sys::open(
+            &path(file)?,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+            0o600,
+        )?;
         let _ = sys::close(fd);
     }
     Ok(())

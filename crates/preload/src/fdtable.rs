@@ -10,9 +10,9 @@
 //! entry instead of misrouting a real file's call.
 //!
 //! # Private descriptors
-//! The library's own descriptors (the kept ends of files, sockets, the log) live at high numbers
-//! (see [`PrivateFd::adopt`]) so that they do not change which numbers the program's `open`
-//! calls get. They are hidden from the program: `close` of one reports `EBADF` without closing
+//! The library's own descriptors (the inotify instance, readiness stashes, channels, the log)
+//! live at high numbers (see [`PrivateFd::adopt`]) so that they do not change which numbers
+//! the program's `open` calls get. They are hidden from the program: `close` of one reports `EBADF` without closing
 //! it, `close_range` skips them, and a `dup2` onto one first moves it elsewhere.
 //!
 //! # Locking
@@ -20,10 +20,10 @@
 //! of this module, except the raw system calls of [`PrivateFd`] under `PRIVATE`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockWriteGuard, Weak};
 
-use crate::files::{AccessMode, FileId, ShimFile};
+use crate::files::{AccessMode, ShimFile};
 use crate::sys::{self, SysResult};
 
 /// Set once the library has created any descriptor; until then every call passes through
@@ -38,8 +38,26 @@ pub fn active() -> bool {
 
 fn activate() {
     if !ACTIVE.swap(true, Ordering::AcqRel) {
+        OWNER.store(sys::getpid(), Ordering::Release);
         crate::home::register_fork_handlers();
     }
+}
+
+/// The process the library's state belongs to: where it was activated, or the fork child
+/// whose fork handler took the state over.
+static OWNER: AtomicU32 = AtomicU32::new(0);
+
+/// Whether the caller runs in a process that does not own the library's state although it
+/// shares its memory: a `vfork` child (or a raw `clone`), where no fork handler ran. Its
+/// descriptor table is its own, so changes to it must go straight to the kernel and leave
+/// the shared state (the owner's table) alone.
+pub fn foreign_process() -> bool {
+    active() && sys::getpid() != OWNER.load(Ordering::Acquire)
+}
+
+/// In a fork child's handler: the state is the child's now.
+pub(crate) fn take_ownership() {
+    OWNER.store(sys::getpid(), Ordering::Release);
 }
 
 /// What an emulated descriptor refers to.
@@ -51,11 +69,10 @@ pub enum Target {
     Remote(RemoteFile),
 }
 
-/// A file served by the home process, known by its id there.
+/// A file served by the home process. The home knows which from the descriptor itself,
+/// which every request on the file passes along.
 #[derive(Clone, Copy, Debug)]
 pub struct RemoteFile {
-    /// The file's id in the home process.
-    pub id: FileId,
     /// Whether it was opened for reading and/or writing.
     pub mode: AccessMode,
     /// Whether it has `read`/`write` methods (a file an ioctl handed out) or not (iommufd).
@@ -88,27 +105,87 @@ fn table_write() -> RwLockWriteGuard<'static, Option<HashMap<i32, Entry>>> {
 
 /// The file behind `fd`, if it is emulated. A stale entry (the number now names another open
 /// file) is removed and returned as the second element so the caller can release it.
+///
+/// The number's identity is checked under the table's read lock: [`dup_onto`] changes the
+/// number and its entry together under the write lock, so an interposed `dup2` onto `fd` is
+/// never mistaken for a recycled number.
 pub fn lookup(fd: i32) -> (Option<Target>, Option<Target>) {
     if !active() || fd < 0 {
         return (None, None);
     }
     let expected = {
         let table = TABLE.read().unwrap_or_else(PoisonError::into_inner);
-        match table.as_ref().and_then(|t| t.get(&fd)) {
-            Some(entry) => (entry.target.clone(), entry.identity),
-            None => return (None, None),
+        let Some(entry) = table.as_ref().and_then(|t| t.get(&fd)) else {
+            return (None, None);
+        };
+        if sys::file_identity(fd).ok() == Some(entry.identity) {
+            return (Some(entry.target.clone()), None);
         }
+        entry.identity
     };
-    if sys::file_identity(fd).ok() == Some(expected.1) {
-        return (Some(expected.0), None);
-    }
     // Recycled behind our back: forget it, unless someone re-registered it meanwhile.
     let mut table = table_write();
     let stale = match table.as_mut() {
-        Some(t) if t.get(&fd).is_some_and(|e| e.identity == expected.1) => t.remove(&fd),
+        Some(t)
+            if t.get(&fd).is_some_and(|e| e.identity == expected)
+                && sys::file_identity(fd).ok() != Some(expected) =>
+        {
+            t.remove(&fd)
+        }
         _ => None,
     };
     (None, stale.map(|e| e.target))
+}
+
+/// `dup3(old, new, flags)` and the table update as one step for [`lookup`]: the real call and
+/// the new entry for `new` (`source`, or none when `old` is not emulated) happen under the
+/// table's write lock. Returns `new` and what it referred to before.
+pub fn dup_onto(
+    old: i32,
+    new: i32,
+    flags: i32,
+    source: Option<Target>,
+) -> SysResult<(i32, Option<Target>)> {
+    activate();
+    let mut table = table_write();
+    let duplicated = sys::dup3(old, new, flags)?;
+    let entries = table.get_or_insert_with(HashMap::new);
+    let previous = match source {
+        Some(target) => match sys::file_identity(duplicated) {
+            Ok(identity) => entries.insert(duplicated, Entry { target, identity }),
+            Err(_) => entries.remove(&duplicated),
+        },
+        None => entries.remove(&duplicated),
+    };
+    Ok((duplicated, previous.map(|e| e.target)))
+}
+
+/// Run `f` on a descriptor of this process that refers to the served file `identity` (checked
+/// with `fstat`), with the table locked so that no interposed `close` or `dup2` changes the
+/// number meanwhile. `false` when there is none.
+pub fn with_descriptor_of(identity: (u64, u64), f: impl FnOnce(i32)) -> bool {
+    let table = TABLE.read().unwrap_or_else(PoisonError::into_inner);
+    let found = table.iter().flat_map(|t| t.iter()).find(|(&fd, entry)| {
+        entry.identity == identity
+            && matches!(entry.target, Target::Local(_))
+            && sys::file_identity(fd).ok() == Some(identity)
+    });
+    match found {
+        Some((&fd, _)) => {
+            f(fd);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Whether a descriptor of this process other than `except` is recorded for `identity`.
+pub fn holds_other(identity: (u64, u64), except: i32) -> bool {
+    let table = TABLE.read().unwrap_or_else(PoisonError::into_inner);
+    table
+        .iter()
+        .flat_map(|t| t.iter())
+        .any(|(&fd, entry)| fd != except && entry.identity == identity)
 }
 
 /// Record that `fd` now refers to `target`; returns the entry it replaces (a stale one).
@@ -169,7 +246,6 @@ pub(crate) fn make_remote(
         if let Target::Local(file) = &entry.target {
             if served_by_home(file) {
                 let remote = RemoteFile {
-                    id: file.id,
                     mode: file.mode,
                     has_io: matches!(file.kind, crate::files::FileKind::Emulated(_)),
                 };
@@ -273,7 +349,8 @@ pub(crate) fn lock_private() -> MutexGuard<'static, BTreeMap<i32, Weak<AtomicI32
 }
 
 /// In a fork child: close the private descriptors that are not in `keep` (the parent's
-/// files' kept ends and sockets), so the child's descriptor table holds only what it uses.
+/// inotify instance, stashes and channels), so the child's descriptor table holds only what
+/// it uses.
 pub(crate) fn close_private_except(
     private: &mut BTreeMap<i32, Weak<AtomicI32>>,
     keep: &std::collections::HashSet<i32>,

@@ -1,53 +1,60 @@
 //! Emulated files and their lifetime: the kernel's `struct file`, released on last close.
 //!
-//! # Model
-//! An emulated file is a [`ShimFile`] plus a pair of connected descriptors. The program's
-//! descriptors are one end; the library keeps the other (the *kept end*) as a [`PrivateFd`].
-//! The kernel then does the reference counting of the file for us: `dup`, `fork`,
-//! close-on-exec and process exit all act on the program's end, and the kept end reports
-//! `POLLHUP` exactly when no descriptor of the program's end is open in any process. Whenever
-//! a descriptor of a file is closed (here, or in a fork child through [`crate::home`]),
-//! [`release_if_unheld`] checks for that hang-up and, if it is there, drops the file before
-//! `close` returns, so an iommufd context's objects and pins are gone by then, as with the
-//! kernel's release on last `fput`.
+//! # Model: one descriptor per file
+//! An emulated file is a [`ShimFile`] plus *one* open file description of the kernel: a pipe
+//! reopened through `/proc/self/fd/N` with `O_RDWR` ([`new_descriptor`]), which is both its
+//! own reader and writer. The program's descriptors (every `dup`, every fork child's copy)
+//! all refer to that one description, so the kernel counts the references for us and closes
+//! it exactly once, on the last close anywhere (or at the exit of the last holder).
 //!
-//! Two kinds of pair are used:
-//! * a pipe ([`pipe`]): the program gets the write end. For `/dev/iommu` and `fail-nth`
-//!   files, whose readiness no program waits for.
-//! * a `SOCK_STREAM` UNIX socket pair ([`socket_pair`]): for files an ioctl hands out (fault
-//!   queues, access fds), whose readiness is made real so that `poll`, `select` and `epoll`
-//!   work on them without interposition. A socket end is writable (`EPOLLOUT`, which a fault
-//!   queue always reports) and is readable exactly when data is buffered in it, so the
-//!   library mirrors the file's `EPOLLIN` ([`uiommu_iommufd::file::EmulatedFile::poll`]) with
-//!   *one readiness byte*: [`Readiness`] keeps the invariant "one byte is buffered in the
-//!   program's end iff the file is readable". The byte is sent through the kept end when the
-//!   file becomes readable (a fault queue tells us through its readiness observer), and
-//!   drained through the program's own descriptor by the next `read` that finds the file not
-//!   readable any more. The program's `read`/`write` are still served by the engine and never
-//!   see the byte. When the peer of a stream socket is released, the kernel marks the kept
-//!   end fully shut down, which `poll` reports as `POLLHUP`, as for a pipe; a byte left unread
-//!   in the program's end only adds `POLLERR`.
+//! The home process (see [`crate::home`]) learns of that close through *one* inotify instance
+//! ([`watcher_fd`]): each file it serves has a watch on its pipe's inode for close events, and the
+//! kernel queues the event before the closing `close` (or `exit`) returns. The home's own
+//! `close` drains the queue ([`release_closed`]) before returning, so an iommufd context's
+//! objects and pins are gone by then, as with the kernel's release on last `fput`; the home's
+//! watcher thread does the same for files whose last holder was a fork child that exited.
+//!
+//! A file is identified by its pipe's (device, inode) ([`ShimFile::identity`]): a descriptor
+//! passed to the home over a channel names the file it refers to, which is how the home knows
+//! that a caller holds the file it acts on.
+//!
+//! Readiness: `/dev/iommu` has no poll method, so Linux reports it always readable and
+//! writable; its pipe keeps one byte, which does the same. A file an ioctl hands out (a fault
+//! queue, an access) is readable exactly when the engine has something for it: [`Readiness`]
+//! keeps the invariant "one byte is in the pipe iff the file is readable", writing the byte
+//! when the file becomes readable (a fault queue tells us through its readiness observer) and
+//! draining it on the next `read` that finds the file not readable any more. The program's
+//! `read`/`write` are still served by the engine and never see the byte. The home writes and
+//! drains through the program's own descriptor while it holds one (found in its descriptor
+//! table, under the table's lock, so that the number cannot change meanwhile). When it closes
+//! its last one while the file lives on (in fork children, or the program's `close` is about to
+//! release it), it first reopens a private *stash* description through `/proc/self/fd/N`
+//! ([`ShimFile::keep_readiness`]); a file made for a fork child gets its stash at creation. The
+//! stash's own close never counts as a last close: its watch is removed first.
 //!
 //! Limits of the readiness byte: when the queue empties other than by a `read` of the file
-//! (an automatic response on detach), the program's end stays readable until its next `read`,
-//! which returns 0 and drains the byte: one spurious wake-up, which the kernel's own
+//! (an automatic response on detach), the program's descriptor stays readable until its next
+//! `read`, which returns 0 and drains the byte: one spurious wake-up, which the kernel's own
 //! `poll`/`read` pair also allows for (a racing reader). A program that bypasses the
-//! interposed calls (`recv`, `readv`, `shutdown` on the descriptor) can consume the byte or
-//! fake a hang-up.
+//! interposed calls (`readv` on the descriptor) can consume the byte. Anything else opening
+//! the pipe through `/proc/PID/fd` (which needs ptrace rights over the program) and closing
+//! it again looks like a last close.
 //!
-//! [`REGISTRY`] owns every file this process serves, by [`FileId`], and so keeps a file alive
-//! while only other processes hold its descriptors.
+//! [`REGISTRY`] owns every file the home serves, by identity, and so keeps a file alive while
+//! only other processes hold its descriptors. `fail-nth` files are not served by a home: they
+//! live as long as a descriptor table entry refers to them.
 //!
 //! # Locking
-//! [`RELEASE`] serialises releases, so that of two closers racing on the last descriptors, the
-//! one that does not drop the file waits until the other has finished dropping it. It is taken
-//! before `REGISTRY`, which is a leaf lock held only to insert, look up or remove. Each
-//! [`Readiness`] has its own mutex, taken with no other library lock held and before the
-//! fault queue's own lock (it reads the queue's state under it).
+//! [`RELEASE`] serialises releases, so that of two threads draining close events, the one that
+//! does not drop the file waits until the other has finished dropping it. It is taken before
+//! `REGISTRY`, which is a leaf lock held only to insert, look up or remove. Each [`Readiness`]
+//! has its own mutex, taken with no other library lock held, before the descriptor table's
+//! lock (to find the home's descriptor of the file) and the fault queue's own lock (it reads
+//! the queue's state under it).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use uiommu_iommufd::ctx::IommufdCtx;
 use uiommu_iommufd::errno::Errno;
@@ -58,8 +65,11 @@ use crate::fault::Task;
 use crate::fdtable::PrivateFd;
 use crate::sys::{self, SysResult};
 
-/// A file's id, unique within the process that serves it.
+/// A file's number in the log, unique within the process that serves it.
 pub type FileId = u64;
+
+/// The (device, inode) of a file's pipe: what names it across processes.
+pub type Identity = (u64, u64);
 
 /// How a file was opened (`O_ACCMODE` of the open flags).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,7 +129,7 @@ pub enum FileKind {
 /// One emulated open file.
 #[derive(Debug)]
 pub struct ShimFile {
-    /// Its id in the registry of the process serving it.
+    /// Its number in the log.
     pub id: FileId,
     /// How it was opened.
     pub mode: AccessMode,
@@ -127,35 +137,62 @@ pub struct ShimFile {
     pub kind: FileKind,
     /// The file position, for `read` (the kernel's `f_pos`).
     pub position: AtomicU64,
-    kept_end: PrivateFd,
-    /// The readiness byte of a socket-backed file.
+    /// Its pipe's identity.
+    pub identity: Identity,
+    /// The home's close watch on its pipe (none for files the home does not serve).
+    watch: Option<i32>,
+    /// The readiness byte of a file an ioctl handed out.
     readiness: Option<Arc<Readiness>>,
 }
 
 impl ShimFile {
-    /// The library's end of the file's pair: hangs up when the program's end is closed
-    /// everywhere.
-    pub fn kept_end(&self) -> i32 {
-        self.kept_end.get()
+    /// Bring the readiness byte in line with the file's state (after a `read`, or once the
+    /// byte has a way into the pipe again). Files without a readiness byte ignore it.
+    pub fn sync_readiness(&self) {
+        if let (Some(readiness), FileKind::Emulated(emulated)) = (&self.readiness, &self.kind) {
+            readiness.sync(|| readable(emulated));
+        }
     }
 
-    /// Bring the readiness byte in line with the file's state after a `read` through
-    /// `program_end`, a descriptor of the program's end (draining needs one). Files without
-    /// a readiness byte ignore it.
-    pub fn sync_readiness(&self, program_end: Option<i32>) {
-        if let (Some(readiness), FileKind::Emulated(emulated)) = (&self.readiness, &self.kind) {
-            readiness.sync(|| readable(emulated), program_end);
+    /// Whether the file keeps a readiness byte (a file an ioctl handed out, served here).
+    pub fn has_readiness(&self) -> bool {
+        self.readiness.is_some()
+    }
+
+    /// The home is about to close `fd`, its last descriptor of this file: open the readiness
+    /// stash through it first, so that the byte still reaches the file's other holders.
+    pub fn keep_readiness(&self, fd: i32) {
+        let Some(readiness) = &self.readiness else {
+            return;
+        };
+        match sys::open(&proc_fd_path(fd), libc::O_RDWR | libc::O_CLOEXEC, 0) {
+            Ok(opened) => {
+                let stash = PrivateFd::adopt(opened);
+                let mut state = readiness.lock();
+                if state.stash.is_none() && !state.closed {
+                    state.stash = Some(stash);
+                } else {
+                    stash.close();
+                }
+            }
+            Err(err) => {
+                crate::log::line(format_args!("file {}: no readiness stash: {err}", self.id));
+            }
         }
+        self.sync_readiness();
     }
 }
 
 impl Drop for ShimFile {
     fn drop(&mut self) {
-        match &self.readiness {
-            // Closes the kept end under the readiness lock, so that an observer running now
-            // does not send to a number the kernel may have reused.
-            Some(readiness) => readiness.close(),
-            None => self.kept_end.close(),
+        if let (Some(wd), Some(watcher)) = (self.watch, watcher()) {
+            // Before the stash closes: its close must not look like another last close.
+            sys::unwatch(watcher.get(), wd);
+        }
+        if let Some(readiness) = &self.readiness {
+            // Closes the stash under the readiness lock, so that an observer running now does
+            // not write to a number the kernel may have reused.
+            readiness.close();
         }
     }
 }
@@ -165,23 +202,26 @@ fn readable(file: &EmulatedFile) -> bool {
     file.poll().contains(PollEvents::IN)
 }
 
-/// The readiness byte of a socket-backed file (see the module documentation).
+/// The readiness byte of a file an ioctl handed out (see the module documentation).
 ///
 /// Locking: `state` is held for each whole check-and-update, including the file's state read
-/// (which takes the fault queue's lock) and the byte's send or drain, so that concurrent
+/// (which takes the fault queue's lock) and the byte's write or drain, so that concurrent
 /// updates apply in some order and the last one leaves the invariant true.
 #[derive(Debug)]
 pub struct Readiness {
-    kept_end: PrivateFd,
+    /// The file's pipe, to find the home's descriptors of it.
+    identity: Identity,
     state: Mutex<ReadinessState>,
 }
 
 #[derive(Debug, Default)]
 struct ReadinessState {
-    /// A readiness byte is buffered in the program's end.
+    /// A readiness byte is in the pipe.
     signalled: bool,
-    /// The kept end is closed: nothing more to signal.
+    /// The file is released: nothing more to signal.
     closed: bool,
+    /// The home's own description of the pipe, once it has no descriptor of the program's.
+    stash: Option<PrivateFd>,
 }
 
 impl Readiness {
@@ -194,177 +234,271 @@ impl Readiness {
         if let EmulatedFile::Fault(fault_file) = file {
             let readiness = Arc::clone(self);
             fault_file.set_readiness_observer(Arc::new(move |fault: &Fault| {
-                readiness.sync(|| fault.queued() > 0, None);
+                readiness.sync(|| fault.queued() > 0);
             }));
         }
-        self.sync(|| readable(file), None);
+        self.sync(|| readable(file));
     }
 
-    /// Send the byte if `readable()` now says so and none is buffered; drain it through
-    /// `program_end` if `readable()` says no and one is buffered. Without `program_end`, a
-    /// byte that is no longer wanted stays until a later call has one.
-    fn sync(&self, readable: impl FnOnce() -> bool, program_end: Option<i32>) {
+    /// Write the byte if `readable()` now says so and none is there; drain it if `readable()`
+    /// says no and one is there.
+    fn sync(&self, readable: impl FnOnce() -> bool) {
         let mut state = self.lock();
         if state.closed {
             return;
         }
         let wanted = readable();
         if wanted && !state.signalled {
-            // MSG_NOSIGNAL: a program end closed meanwhile gives EPIPE, not SIGPIPE.
-            state.signalled = sys::send_message(self.kept_end.get(), &[1], None).is_ok();
-        } else if !wanted && state.signalled {
-            if let Some(program_end) = program_end {
-                drain_one(program_end);
-                state.signalled = false;
+            let mut written = false;
+            self.through(&state, |pipe| written = sys::write(pipe, &[1]).is_ok());
+            state.signalled = written;
+        } else if !wanted && state.signalled && self.through(&state, drain_one) {
+            state.signalled = false;
+        }
+    }
+
+    /// Run `f` on a descriptor of the pipe: the stash, else one of the home's descriptors of
+    /// the program's (under the table's lock). `false` when there is none (a closing home
+    /// descriptor whose stash is not attached yet: [`ShimFile::keep_readiness`] syncs again).
+    fn through(&self, state: &ReadinessState, f: impl FnOnce(i32)) -> bool {
+        match &state.stash {
+            Some(stash) => {
+                f(stash.get());
+                true
             }
+            None => crate::fdtable::with_descriptor_of(self.identity, f),
         }
     }
 
     fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
-        self.kept_end.close();
+        if let Some(stash) = state.stash.take() {
+            stash.close();
+        }
     }
 }
 
-/// Read the readiness byte from `program_end` if one is there (checked first, so this never
-/// blocks on a byte someone consumed behind the library's back).
-fn drain_one(program_end: i32) {
+/// Read the readiness byte from `pipe` if one is there (checked first, so this never blocks
+/// on a byte someone consumed behind the library's back).
+fn drain_one(pipe: i32) {
     let mut poll = [libc::pollfd {
-        fd: program_end,
+        fd: pipe,
         events: libc::POLLIN,
         revents: 0,
     }];
     if sys::poll(&mut poll, 0).is_ok() && poll[0].revents & libc::POLLIN != 0 {
         let mut byte = [0u8; 1];
-        let _ = sys::read(program_end, &mut byte);
+        let _ = sys::read(pipe, &mut byte);
     }
 }
 
-/// Every file this process serves.
-static REGISTRY: Mutex<Option<HashMap<FileId, Arc<ShimFile>>>> = Mutex::new(None);
+/// `/proc/self/fd/N`, NUL-terminated.
+fn proc_fd_path(fd: i32) -> std::ffi::CString {
+    std::ffi::CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default()
+}
+
+/// A new file's single descriptor, at the lowest free number as `open` would have returned it,
+/// with close-on-exec as asked: a pipe reopened `O_RDWR` through `/proc/self/fd`. `filled`
+/// leaves one byte in the pipe (always readable and writable, as `/dev/iommu`). At most two
+/// descriptors are open at any moment.
+pub fn new_descriptor(cloexec: bool, filled: bool) -> SysResult<i32> {
+    let (read_end, write_end) = sys::pipe_cloexec()?;
+    let filled_ok = !filled || sys::write(write_end, &[0]).is_ok();
+    let _ = sys::close(write_end);
+    let cloexec_flag = if cloexec { libc::O_CLOEXEC } else { 0 };
+    let reopened = if filled_ok {
+        sys::open(&proc_fd_path(read_end), libc::O_RDWR | cloexec_flag, 0)
+    } else {
+        Err(Errno::ENOMEM)
+    };
+    let reopened = match reopened {
+        Ok(fd) => fd,
+        Err(err) => {
+            let _ = sys::close(read_end);
+            return Err(err);
+        }
+    };
+    if read_end < reopened {
+        // The read end held the lowest free number: move there.
+        let moved = sys::dup3(reopened, read_end, cloexec_flag);
+        let _ = sys::close(reopened);
+        if moved.is_err() {
+            let _ = sys::close(read_end);
+        }
+        moved
+    } else {
+        let _ = sys::close(read_end);
+        Ok(reopened)
+    }
+}
+
+/// The home's inotify instance, with the pid that created it (a fork child's copy of this
+/// static is not its own: it is closed by the fork handler and never used).
+static WATCHER: OnceLock<(u32, Result<PrivateFd, Errno>)> = OnceLock::new();
+
+/// This process's watcher, if it made one.
+fn watcher() -> Option<&'static PrivateFd> {
+    match WATCHER.get() {
+        Some((pid, Ok(fd))) if *pid == sys::getpid() => Some(fd),
+        _ => None,
+    }
+}
+
+/// The close-event queue of the home, created on first use.
+pub fn watcher_fd() -> SysResult<i32> {
+    let (pid, fd) = WATCHER.get_or_init(|| (sys::getpid(), sys::inotify().map(PrivateFd::adopt)));
+    if *pid != sys::getpid() {
+        return Err(Errno::EIO);
+    }
+    fd.as_ref().map(PrivateFd::get).map_err(|&err| err)
+}
+
+/// A file being set up by the home: its descriptor's identity, close watch and (for files an
+/// ioctl hands out to a fork child) readiness stash. [`register`] turns it into a served file; dropping it
+/// instead removes the watch and closes the stash.
+#[derive(Debug)]
+pub struct Prepared {
+    identity: Identity,
+    watch: i32,
+    stash: Option<PrivateFd>,
+}
+
+impl Prepared {
+    /// Watch `fd`, a fresh [`new_descriptor`] of this process, for its last close; `stash`
+    /// also opens the readiness stash (before the watch, so it never reports its own open).
+    pub fn watch(fd: i32, stash: bool) -> SysResult<Prepared> {
+        let watcher = watcher_fd()?;
+        let identity = sys::file_identity(fd)?;
+        let path = proc_fd_path(fd);
+        let stash = if stash {
+            let opened = sys::open(&path, libc::O_RDWR | libc::O_CLOEXEC, 0)?;
+            Some(PrivateFd::adopt(opened))
+        } else {
+            None
+        };
+        match sys::watch_closes(watcher, &path) {
+            Ok(watch) => Ok(Prepared {
+                identity,
+                watch,
+                stash,
+            }),
+            Err(err) => {
+                if let Some(stash) = stash {
+                    stash.close();
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if let Some(watcher) = watcher() {
+            sys::unwatch(watcher.get(), self.watch);
+        }
+        if let Some(stash) = self.stash.take() {
+            stash.close();
+        }
+    }
+}
+
+/// Every file the home serves, by identity, and the identity behind each watch.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    files: HashMap<Identity, Arc<ShimFile>>,
+    watches: HashMap<i32, Identity>,
+}
+
+static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
 /// Serialises releases (see the module documentation).
 static RELEASE: Mutex<()> = Mutex::new(());
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-fn registry() -> MutexGuard<'static, Option<HashMap<FileId, Arc<ShimFile>>>> {
+fn registry() -> MutexGuard<'static, Option<Registry>> {
     REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A new pipe for a file: the read end, kept by the library, and the write end (close-on-exec,
-/// at whatever number the kernel chose; the caller places it).
-pub fn pipe() -> SysResult<(PrivateFd, i32)> {
-    let (read_end, write_end) = sys::pipe_cloexec()?;
-    Ok((PrivateFd::adopt(read_end), write_end))
-}
-
-/// A new socket pair for a file an ioctl hands out: the end kept by the library, and the
-/// program's end (close-on-exec, at whatever number the kernel chose; the caller places it).
-///
-/// `UnixStream::pair` is `socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)`, a libc function
-/// the library does not interpose; both ends leave `std` at once as raw numbers, so no `std`
-/// destructor ever closes them (which would re-enter the library's `close`).
-pub fn socket_pair() -> SysResult<(PrivateFd, i32)> {
-    use std::os::fd::IntoRawFd;
-    let (kept, program) = std::os::unix::net::UnixStream::pair()
-        .map_err(|err| err.raw_os_error().map_or(Errno::ENOMEM, Errno::from_raw))?;
-    Ok((PrivateFd::adopt(kept.into_raw_fd()), program.into_raw_fd()))
-}
-
-/// Register a file whose kept end is `kept_end`: a pipe's read end, or for an
-/// [`FileKind::Emulated`] file the library's end of a [`socket_pair`].
-pub fn register(kind: FileKind, mode: AccessMode, kept_end: PrivateFd) -> Arc<ShimFile> {
-    let readiness = match &kind {
-        FileKind::Emulated(emulated) => {
-            let readiness = Arc::new(Readiness {
-                kept_end: kept_end.clone(),
-                state: Mutex::new(ReadinessState::default()),
-            });
-            readiness.watch(emulated);
-            Some(readiness)
-        }
-        FileKind::Iommufd(_) | FileKind::FailNth(_) => None,
-    };
+/// Serve `kind` as the file `prepared` describes.
+pub fn register(kind: FileKind, mode: AccessMode, mut prepared: Prepared) -> Arc<ShimFile> {
+    let readiness = matches!(kind, FileKind::Emulated(_)).then(|| {
+        Arc::new(Readiness {
+            identity: prepared.identity,
+            state: Mutex::new(ReadinessState {
+                stash: prepared.stash.take(),
+                ..ReadinessState::default()
+            }),
+        })
+    });
+    let watch = prepared.watch;
+    let identity = prepared.identity;
+    // The watch now belongs to the file.
+    std::mem::forget(prepared);
     let file = Arc::new(ShimFile {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         mode,
         kind,
         position: AtomicU64::new(0),
-        kept_end,
+        identity,
+        watch: Some(watch),
         readiness,
     });
-    registry()
-        .get_or_insert_with(HashMap::new)
-        .insert(file.id, file.clone());
-    crate::home::files_changed();
+    if let (Some(readiness), FileKind::Emulated(emulated)) = (&file.readiness, &file.kind) {
+        readiness.watch(emulated);
+    }
+    let mut registry = registry();
+    let registry = registry.get_or_insert_with(Registry::default);
+    registry.watches.insert(watch, identity);
+    registry.files.insert(identity, file.clone());
     file
 }
 
-/// Create and register a file: returns the write end of its pipe (see [`pipe`]) and the file.
-pub fn create(kind: FileKind, mode: AccessMode) -> SysResult<(i32, Arc<ShimFile>)> {
-    let (read_end, write_end) = pipe()?;
-    Ok((write_end, register(kind, mode, read_end)))
+/// A file no home serves (a `fail-nth` file): it lives while descriptor table entries hold it.
+pub fn unserved(kind: FileKind, mode: AccessMode, fd: i32) -> SysResult<Arc<ShimFile>> {
+    Ok(Arc::new(ShimFile {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        mode,
+        kind,
+        position: AtomicU64::new(0),
+        identity: sys::file_identity(fd)?,
+        watch: None,
+        readiness: None,
+    }))
 }
 
-/// Move a fresh write end to the lowest free descriptor number, as `open` would have returned,
-/// with close-on-exec as asked.
-pub fn place_lowest(write_end: i32, cloexec: bool) -> SysResult<i32> {
-    let command = if cloexec {
-        libc::F_DUPFD_CLOEXEC
-    } else {
-        libc::F_DUPFD
-    };
-    let placed = sys::fcntl(write_end, command, 0);
-    let _ = sys::close(write_end);
-    placed
-}
-
-/// The registered file `id`.
-pub fn get(id: FileId) -> Option<Arc<ShimFile>> {
-    registry().as_ref().and_then(|r| r.get(&id)).cloned()
-}
-
-/// The id and kept end of every registered file, for the home server's poll loop.
-pub fn kept_ends() -> Vec<(FileId, i32)> {
+/// The served file `fd` (a descriptor of this process, e.g. one a caller passed) refers to.
+pub fn by_descriptor(fd: i32) -> Option<Arc<ShimFile>> {
+    let identity = sys::file_identity(fd).ok()?;
     registry()
-        .iter()
-        .flat_map(|r| r.values())
-        .map(|f| (f.id, f.kept_end()))
-        .collect()
+        .as_ref()
+        .and_then(|r| r.files.get(&identity))
+        .cloned()
 }
 
-/// Drop file `id` if no descriptor of it is open in any process any more; return only once
-/// it is dropped (or known to be still held).
-pub fn release_if_unheld(id: FileId) {
+/// Drop every served file whose description has been closed for the last time; return once
+/// they are dropped. One pass under the release lock, so a release another thread has started
+/// is finished before this returns.
+pub fn release_closed() {
+    let Some(watcher) = watcher() else { return };
     let _serial = RELEASE.lock().unwrap_or_else(PoisonError::into_inner);
-    let Some(file) = get(id) else { return };
-    if !sys::pipe_hung_up(file.kept_end()) {
+    let closed = sys::closed_watches(watcher.get());
+    if closed.is_empty() {
         return;
     }
-    registry().as_mut().and_then(|r| r.remove(&id));
-    crate::log::line(format_args!("release file {id}"));
-    drop(file);
-}
-
-/// Drop every file whose descriptors are all closed, in every process; return once they are
-/// dropped. One pass under the release lock, so a release another thread has started is
-/// finished before this returns.
-pub fn release_all_unheld() {
-    let _serial = RELEASE.lock().unwrap_or_else(PoisonError::into_inner);
-    let unheld: Vec<Arc<ShimFile>> = {
+    let released: Vec<Arc<ShimFile>> = {
         let mut registry = registry();
-        let Some(files) = registry.as_mut() else {
+        let Some(registry) = registry.as_mut() else {
             return;
         };
-        let ids: Vec<FileId> = files
-            .values()
-            .filter(|f| sys::pipe_hung_up(f.kept_end()))
-            .map(|f| f.id)
-            .collect();
-        ids.iter().filter_map(|id| files.remove(id)).collect()
+        closed
+            .iter()
+            .filter_map(|wd| registry.watches.remove(wd))
+            .filter_map(|identity| registry.files.remove(&identity))
+            .collect()
     };
-    for file in unheld {
+    for file in released {
         crate::log::line(format_args!("release file {}", file.id));
         drop(file);
     }
@@ -376,28 +510,14 @@ pub(crate) fn lock_release() -> MutexGuard<'static, ()> {
 }
 
 /// The registry, locked, for the fork handlers.
-pub(crate) fn lock_registry() -> MutexGuard<'static, Option<HashMap<FileId, Arc<ShimFile>>>> {
+pub(crate) fn lock_registry() -> MutexGuard<'static, Option<Registry>> {
     registry()
 }
 
-/// In a fork child: forget (without dropping) the files the home process serves, keep the
-/// others, and return the kept ends of the kept ones.
-pub(crate) fn keep_local_only(
-    registry: &mut Option<HashMap<FileId, Arc<ShimFile>>>,
-    served_by_home: impl Fn(&ShimFile) -> bool,
-) -> Vec<i32> {
-    let Some(files) = registry.as_mut() else {
-        return Vec::new();
-    };
-    let served: Vec<FileId> = files
-        .values()
-        .filter(|f| served_by_home(f))
-        .map(|f| f.id)
-        .collect();
-    for id in served {
-        if let Some(file) = files.remove(&id) {
-            std::mem::forget(file);
-        }
+/// In a fork child: forget (without dropping) every file the home serves; the home keeps
+/// serving them, and the child must never run their release.
+pub(crate) fn forget_served(registry: &mut Option<Registry>) {
+    if let Some(registry) = registry.take() {
+        std::mem::forget(registry);
     }
-    files.values().map(|f| f.kept_end()).collect()
 }

@@ -1,4 +1,4 @@
-//! The emulated platform, and who serves an iommufd file after `fork` (the "home server").
+//! The emulated platform, and who serves an iommufd file after `fork` (the "home").
 //!
 //! # Platform
 //! The first `/dev/iommu` open in a process builds its platform: an [`IommuCore`] with the mock
@@ -10,45 +10,58 @@
 //! In the kernel a fork child's descriptor refers to the *same* file as its parent's: objects
 //! created through one are seen through the other, and pages mapped from the child's memory
 //! stay tied to the child's address space. A copy of the emulator in the child's memory would
-//! give neither, so the child never uses its copy. Instead:
+//! give neither, so the child never uses its copy. Instead the home serves its descendants
+//! over *channels*, and authority is possession, as in the kernel:
 //!
-//! * When a home process forks, the `pthread_atfork` prepare handler starts (once) a server
-//!   thread listening on an abstract `SOCK_SEQPACKET` UNIX socket named after the home's pid.
-//! * In the child, the handler turns every inherited iommufd descriptor into a
-//!   [`Target::Remote`] reference (by file id) and marks the process *attached* to the home.
-//!   Its copies of the home's state are leaked, never dropped, so the child cannot run the
-//!   parent's destructors (or take locks another parent thread held at fork time).
-//! * An attached process forwards each call on such a descriptor, and every later
-//!   `/dev/iommu` open, to the home: `{op, file id, args, fail-nth countdown}`. The server
-//!   identifies the caller by `SO_PEERCRED` (same uid only) and runs the engine with a
-//!   [`Caller`] whose memory is the child's ([`Caller::for_pid`]); a grandchild, being
-//!   attached to the same home, connects on its own (a connection is per pid).
-//! * Files opened for an attached process are created by the home, which keeps its end of the
-//!   pair and passes the program's end over the socket (`SCM_RIGHTS`): the last-close
-//!   detection of [`crate::files`] therefore spans all processes. A child's `close` asks the
-//!   home to check for release before returning, and the server also polls every file's kept
-//!   end, so a child that exits without closing releases what only it held.
-//! * Files an ioctl of an attached process hands out (fault queues, access fds) get numbers in
-//!   *its* descriptor table: the server runs the ioctl with a [`ChildFiles`] installer in the
-//!   [`Caller`], which asks the child, over the connection it waits on, to receive the program's
-//!   end at its lowest free number and later to record or close it ([`Callback`]).
-//! * The readiness byte of a handed-out file ([`crate::files::Readiness`]) is sent by the home
-//!   (the engine's notifications arrive there) into the one socket every process's copy of
-//!   the descriptor names, so a fault delivered while a child holds the fd makes the child's
-//!   fd readable. A child's `read` passes its descriptor along with the request, for the home
-//!   to drain the byte through it.
+//! * No names. A channel is a `SOCK_SEQPACKET` socket pair made by the `pthread_atfork`
+//!   prepare handler of a home or attached process. After a home's fork, the parent hands its
+//!   end to a new server thread and the child keeps the other end as its channel to the home.
+//!   An attached process that forks passes the home's end of the new pair to the home over its
+//!   own channel ([`Op::Adopt`], `SCM_RIGHTS`), so the home serves the grandchild on it. Nothing
+//!   is bound or listening: only a process that inherited an end (or was handed one by a
+//!   process that had one) can talk to the home.
+//! * Credentials. The home's ends have `SO_PASSCRED`: each message arrives with the sender's
+//!   pid and uid as the kernel saw them at `sendmsg`. A sender whose uid is not the home's
+//!   (a child that changed uid, even under a root home) gets no answer and loses the channel.
+//!   The verified pid is the process whose memory the home reads and writes for the request
+//!   ([`Caller::for_pid`]).
+//! * Possession. Every request that acts on a file passes that file's descriptor; the home
+//!   recognises the file by the descriptor's pipe inode ([`files::by_descriptor`]) and never
+//!   by a name the caller chooses. A request without a descriptor the home serves gets `EBADF`
+//!   and has no effect.
+//! * No stalls. Each channel has its own server thread, so a slow or silent process delays
+//!   only its own calls; a wait for a child's answer to a [`Callback`] gives up after
+//!   [`CALLBACK_TIMEOUT_SECONDS`], fails that request and closes that channel.
+//!
+//! In the child, the fork handler turns every inherited iommufd descriptor into a
+//! [`Target::Remote`] reference and marks the process *attached*. Its copies of the home's
+//! state are leaked, never dropped, so the child cannot run the parent's destructors (or take
+//! locks another parent thread held at fork time). An attached process forwards each call on
+//! such a descriptor, and every later `/dev/iommu` open, to the home: `{op, args, fail-nth
+//! countdown}` plus the descriptor.
+//!
+//! Files opened for an attached process are created by the home, which passes the one
+//! descriptor over the channel and keeps none: last-close detection ([`crate::files`]) spans
+//! all processes. A child's `close` asks the home to process close events before returning
+//! ([`Op::Sync`]), and the home's watcher thread processes them as they come, so a child that
+//! exits without closing releases what only it held. Files an ioctl of an attached process
+//! hands out (fault queues, access fds) get numbers in *its* descriptor table: the server
+//! runs the ioctl with a [`ChildFiles`] installer in the [`Caller`], which asks the child,
+//! over the channel it waits on, to receive the descriptor at its lowest free number and
+//! later to record or close it, or to pass it back to name the file ([`Callback`]).
 //!
 //! Limits: the home must outlive its children's use of its files (if it exits or `exec`s
 //! first, their calls fail with `EIO`); descriptors passed to unrelated processes or kept
 //! across `exec` lose their emulation; a child made by a raw `clone`/`fork` system call (no
-//! `pthread_atfork`) uses its copy.
+//! `pthread_atfork`) shares its parent's channel, and a `vfork` child's descriptor table
+//! changes go straight to the kernel ([`fdtable::foreign_process`]).
 //!
 //! # Locking
 //! `ROLE` and `CONNECTION` are mutexes held briefly; `CONNECTION` is held for a whole request
 //! and reply, which serialises the requests of one attached process. See the crate's lock order.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLockWriteGuard};
 
 use uiommu_core::IommuCore;
@@ -61,7 +74,7 @@ use uiommu_mock::{MockIommu, MockSelftest};
 
 use crate::fault;
 use crate::fdtable::{self, PrivateFd, RemoteFile, Target};
-use crate::files::{self, AccessMode, FileId, FileKind, ShimFile};
+use crate::files::{self, AccessMode, FileKind, ShimFile};
 use crate::log;
 use crate::sys::{self, SysResult};
 
@@ -105,25 +118,25 @@ fn platform() -> SysResult<&'static Platform> {
         .map_err(|&err| err)
 }
 
-/// The abstract socket name of a home server.
-#[derive(Clone, Debug)]
-struct HomeAddress(Vec<u8>);
-
 /// What this process is to iommufd files.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
     /// Has neither opened `/dev/iommu` nor inherited a home.
     Fresh,
     /// Serves the files it opened.
     Home,
-    /// A fork descendant of a home, which serves its files.
-    Attached(HomeAddress),
+    /// A fork descendant of a home, which serves its files over [`CONNECTION`].
+    Attached,
 }
 
 static ROLE: Mutex<Role> = Mutex::new(Role::Fresh);
 
 fn role() -> MutexGuard<'static, Role> {
     ROLE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn is_attached() -> bool {
+    *role() == Role::Attached
 }
 
 /// The file kinds a home serves to its descendants (the rest stay per process).
@@ -148,47 +161,55 @@ fn open_context(platform: &Platform, node: Node) -> Arc<IommufdCtx> {
     }
 }
 
+/// A new served iommufd file in this (the home) process: its descriptor, at the lowest free
+/// number, and the file.
+fn create_iommufd(node: Node, mode: AccessMode, cloexec: bool) -> SysResult<(i32, Arc<ShimFile>)> {
+    let platform = platform()?;
+    // One byte: /dev/iommu polls always readable and writable.
+    let fd = files::new_descriptor(cloexec, true)?;
+    let prepared = match files::Prepared::watch(fd, false) {
+        Ok(prepared) => prepared,
+        Err(err) => {
+            let _ = sys::close(fd);
+            return Err(err);
+        }
+    };
+    let file = files::register(
+        FileKind::Iommufd(open_context(platform, node)),
+        mode,
+        prepared,
+    );
+    Ok((fd, file))
+}
+
 /// `open(node, flags)`: a new iommufd context, as a descriptor at the lowest free number.
 pub fn open_iommufd(node: Node, flags: i32) -> SysResult<i32> {
     let cloexec = flags & libc::O_CLOEXEC != 0;
     let mode = AccessMode::from_flags(flags);
-    let attached = match &*role() {
-        Role::Attached(home) => Some(home.clone()),
-        Role::Fresh | Role::Home => None,
-    };
-    if let Some(home) = attached {
+    if is_attached() {
         let vfio = u64::from(node == Node::VfioContainer);
-        let (reply, passed) = call(&home, Request::new(Op::Open, 0, flags as u64, vfio, 0))?;
+        let (reply, passed) = call(Request::new(Op::Open, flags as u64, vfio, 0), None)?;
         let fd = passed.ok_or(Errno::EIO)?;
-        let id = reply_value(reply)? as FileId;
+        reply_value(reply)?;
         if !cloexec {
             sys::fcntl(fd, libc::F_SETFD, 0)?;
         }
         let remote = RemoteFile {
-            id,
             mode,
             has_io: false,
         };
         return install(fd, Target::Remote(remote));
     }
-    let platform = platform()?;
+    platform()?;
     {
         let mut role = role();
-        if matches!(*role, Role::Fresh) {
+        if *role == Role::Fresh {
             *role = Role::Home;
         }
     }
-    let (write_end, file) = files::create(FileKind::Iommufd(open_context(platform, node)), mode)?;
-    let id = file.id;
-    log::line(format_args!("open {node:?}: file {id}"));
-    match files::place_lowest(write_end, cloexec) {
-        Ok(fd) => install(fd, Target::Local(file)),
-        Err(err) => {
-            drop(file);
-            files::release_if_unheld(id);
-            Err(err)
-        }
-    }
+    let (fd, file) = create_iommufd(node, mode, cloexec)?;
+    log::line(format_args!("open {node:?}: file {}", file.id));
+    install(fd, Target::Local(file))
 }
 
 /// Record `fd` as `target` and return it; on failure close it and release the file.
@@ -206,29 +227,33 @@ pub fn install(fd: i32, target: Target) -> SysResult<i32> {
     }
 }
 
+/// The program is about to close `fd`, whose table entry (`target`) is already gone: if it was
+/// the home's last descriptor of a file with a readiness byte, keep a way into the pipe.
+pub fn before_close(target: Option<&Target>, fd: i32) {
+    if let Some(Target::Local(file)) = target {
+        if file.has_readiness() && !fdtable::holds_other(file.identity, fd) {
+            file.keep_readiness(fd);
+        }
+    }
+}
+
 /// A descriptor of `target` was closed: release the file if that was its last one anywhere.
 pub fn release(target: Option<Target>) {
     match target {
         None => {}
         Some(Target::Local(file)) => {
-            let id = file.id;
             drop(file);
-            files::release_if_unheld(id);
+            files::release_closed();
         }
-        Some(Target::Remote(remote)) => {
-            let home = match &*role() {
-                Role::Attached(home) => Some(home.clone()),
-                Role::Fresh | Role::Home => None,
-            };
-            if let Some(home) = home {
-                let _ = call(&home, Request::new(Op::Release, remote.id, 0, 0, 0));
-            }
+        Some(Target::Remote(_)) if is_attached() => {
+            let _ = call(Request::new(Op::Sync, 0, 0, 0), None);
         }
+        Some(Target::Remote(_)) => {}
     }
 }
 
-/// `ioctl(fd, cmd, arg)` on an iommufd file.
-pub fn ioctl(target: &Target, cmd: u32, arg: u64) -> SysResult<i64> {
+/// `ioctl(fd, cmd, arg)` on an iommufd file `target`, which `fd` refers to.
+pub fn ioctl(target: &Target, fd: i32, cmd: u32, arg: u64) -> SysResult<i64> {
     match target {
         Target::Local(file) => match &file.kind {
             FileKind::Iommufd(ctx) => {
@@ -240,17 +265,14 @@ pub fn ioctl(target: &Target, cmd: u32, arg: u64) -> SysResult<i64> {
             FileKind::Emulated(_) | FileKind::FailNth(_) => Err(Errno::ENOTTY),
         },
         Target::Remote(remote) => {
-            let home = match &*role() {
-                Role::Attached(home) => home.clone(),
-                Role::Fresh | Role::Home => return Err(Errno::EBADF),
-            };
+            if !is_attached() {
+                return Err(Errno::EBADF);
+            }
             if remote.has_io {
                 return Err(Errno::ENOTTY);
             }
-            let (reply, passed) = call(
-                &home,
-                Request::new(Op::Ioctl, remote.id, cmd.into(), arg, 0),
-            )?;
+            let request = Request::new(Op::Ioctl, cmd.into(), arg, 0);
+            let (reply, passed) = call(request, Some(fd))?;
             if let Some(unexpected) = passed {
                 let _ = sys::close(unexpected);
             }
@@ -290,25 +312,22 @@ pub fn file_io(
                 count,
                 offset,
             };
-            emulated_io(file, emulated, &platform()?.caller, io, Some(fd))
+            emulated_io(file, emulated, &platform()?.caller, io)
         }
         Target::Remote(remote) => {
             if !remote.has_io {
                 return Err(Errno::EINVAL);
             }
-            let home = match &*role() {
-                Role::Attached(home) => home.clone(),
-                Role::Fresh | Role::Home => return Err(Errno::EBADF),
-            };
+            if !is_attached() {
+                return Err(Errno::EBADF);
+            }
             let op = match direction {
                 Direction::Read => Op::Read,
                 Direction::Write => Op::Write,
             };
             let offset = offset.unwrap_or(u64::MAX);
-            let request = Request::new(op, remote.id, buf as u64, count as u64, offset);
-            // A read may have to drain the readiness byte, through this very descriptor.
-            let pass = (direction == Direction::Read).then_some(fd);
-            let (reply, passed) = call_passing(&home, request, pass)?;
+            let request = Request::new(op, buf as u64, count as u64, offset);
+            let (reply, passed) = call(request, Some(fd))?;
             if let Some(unexpected) = passed {
                 let _ = sys::close(unexpected);
             }
@@ -327,15 +346,12 @@ struct FileIo {
     offset: Option<u64>,
 }
 
-/// Serve `io` on `file` from the engine; `program_end` is a descriptor of the program's end
-/// of the file, through which a read drains the readiness byte when the file is no longer
-/// readable.
+/// Serve `io` on `file` from the engine; a read then brings the readiness byte in line.
 fn emulated_io(
     file: &ShimFile,
     emulated: &EmulatedFile,
     caller: &Caller,
     io: FileIo,
-    program_end: Option<i32>,
 ) -> SysResult<i64> {
     use std::sync::atomic::Ordering;
     let position = io
@@ -346,7 +362,7 @@ fn emulated_io(
     let done = match io.direction {
         Direction::Read => {
             let done = emulated.read(user, buf, io.count, position);
-            file.sync_readiness(program_end);
+            file.sync_readiness();
             done?
         }
         Direction::Write => emulated.write(user, buf, io.count, position)?,
@@ -354,9 +370,17 @@ fn emulated_io(
     i64::try_from(done).map_err(|_| Errno::EOVERFLOW)
 }
 
+/// A file an ioctl is handing out, between `reserve` and `install`: its close watch and
+/// readiness stash, made in the home (see [`files::Prepared`]).
+type PendingFiles = Mutex<HashMap<i32, files::Prepared>>;
+
+fn pending(files: &PendingFiles) -> MutexGuard<'_, HashMap<i32, files::Prepared>> {
+    files.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The [`FileInstaller`] of a home process: numbers are real descriptors of this process, each
-/// the program's end of a socket pair (see [`crate::files`]), reserved at the lowest free number with
-/// close-on-exec as `get_unused_fd_flags(O_CLOEXEC)` does.
+/// the one descriptor of a new file (see [`crate::files`]), reserved at the lowest free number
+/// with close-on-exec as `get_unused_fd_flags(O_CLOEXEC)` does.
 ///
 /// Only the home's own threads use it: a fork child's ioctls get a [`ChildFiles`] installer
 /// for the child's descriptor table with their [`Caller`].
@@ -364,46 +388,46 @@ fn emulated_io(
 /// Locking: `pending` is a leaf mutex.
 #[derive(Debug, Default)]
 struct Installer {
-    /// Reserved numbers → the library's ends of their socket pairs.
-    pending: Mutex<std::collections::HashMap<i32, PrivateFd>>,
-}
-
-impl Installer {
-    fn pending(&self) -> MutexGuard<'_, std::collections::HashMap<i32, PrivateFd>> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+    /// Reserved numbers → their files' watches and stashes.
+    pending: PendingFiles,
 }
 
 impl FileInstaller for Installer {
     fn reserve(&self) -> Result<i32, Errno> {
-        let (kept_end, program_end) = files::socket_pair()?;
-        match files::place_lowest(program_end, true) {
-            Ok(fd) => {
-                self.pending().insert(fd, kept_end);
+        let fd = files::new_descriptor(true, false)?;
+        // No stash: the home holds the program's descriptor (see `files::Readiness`).
+        match files::Prepared::watch(fd, false) {
+            Ok(prepared) => {
+                pending(&self.pending).insert(fd, prepared);
                 Ok(fd)
             }
             Err(err) => {
-                kept_end.close();
+                let _ = sys::close(fd);
                 Err(err)
             }
         }
     }
 
     fn unreserve(&self, fd: i32) {
-        if let Some(kept_end) = self.pending().remove(&fd) {
+        let prepared = pending(&self.pending).remove(&fd);
+        if let Some(prepared) = prepared {
+            // The watch goes first: this close is not a release.
+            drop(prepared);
             let _ = sys::close(fd);
-            kept_end.close();
         }
     }
 
     fn install(&self, fd: i32, file: EmulatedFile) {
-        let Some(kept_end) = self.pending().remove(&fd) else {
+        let Some(prepared) = pending(&self.pending).remove(&fd) else {
             return;
         };
         let mode = AccessMode::from_flags(libc::O_RDWR);
-        let shim = files::register(FileKind::Emulated(file), mode, kept_end);
+        let shim = files::register(FileKind::Emulated(file), mode, prepared);
         log::line(format_args!("install file {} at fd {fd}", shim.id));
-        let _ = install(fd, Target::Local(shim));
+        if install(fd, Target::Local(shim.clone())).is_ok() {
+            // The readiness byte can reach the pipe now that the table knows the number.
+            shim.sync_readiness();
+        }
     }
 
     fn get(&self, fd: i32) -> Option<EmulatedFile> {
@@ -419,103 +443,164 @@ impl FileInstaller for Installer {
     }
 }
 
-/// The [`FileInstaller`] for one ioctl of a fork child, run by the home server: numbers are
-/// descriptors of the *child*, which the home reaches over the child's connection while the
-/// child waits for the ioctl's reply (see [`Callback`]).
+/// How long the home waits for a child's answer to a [`Callback`] (or for room to send to it)
+/// before it fails the child's request and closes its channel.
+pub const CALLBACK_TIMEOUT_SECONDS: i64 = 3;
+
+/// The [`FileInstaller`] for one ioctl of a fork child, run by the home's server thread for
+/// that child: numbers are descriptors of the *child*, which the home reaches over the child's
+/// channel while the child waits for the ioctl's reply (see [`Callback`]).
 ///
-/// * `reserve`: the home makes the socket pair, keeps its end and passes the program's end to
-///   the child (`SCM_RIGHTS`), which receives it at its lowest free number, close-on-exec (as
-///   `get_unused_fd_flags(O_CLOEXEC)` allocates), and answers with the number. A child whose
-///   table is full receives no descriptor and answers `EMFILE`.
+/// * `reserve`: the home makes the file's descriptor (with its watch and stash), passes it to
+///   the child (`SCM_RIGHTS`) and closes its own copy; the child receives it at its lowest free
+///   number, close-on-exec (as `get_unused_fd_flags(O_CLOEXEC)` allocates), and answers with
+///   the number. A child whose table is full receives no descriptor and answers `EMFILE`.
 /// * `install`: the home registers the file, as for its own ioctls, and the child records its
 ///   number as a reference to it ([`Target::Remote`]).
-/// * `unreserve`: the child closes the number and the home its kept end, so a failed ioctl
-///   leaves no descriptor in either process.
-/// * `get`: the child names the file its number refers to.
+/// * `unreserve`: the child closes the number and the home drops the watch and stash, so a
+///   failed ioctl leaves no descriptor in either process.
+/// * `get`: the child passes back the descriptor at that number; the home looks it up.
 ///
-/// Locking: `pending` is a leaf mutex; the connection is the server thread's alone while the
-/// ioctl runs.
+/// Locking: `pending` is a leaf mutex; the channel is this server thread's alone.
 #[derive(Debug)]
 struct ChildFiles {
-    /// The server's end of the child's connection.
-    connection: i32,
-    /// Reserved numbers of the child → the library's ends of their socket pairs.
-    pending: Mutex<std::collections::HashMap<i32, PrivateFd>>,
+    /// The home's end of the child's channel.
+    channel: i32,
+    /// The home's uid: the only one it answers.
+    uid: u32,
+    /// Reserved numbers of the child → their files' watches and stashes.
+    pending: PendingFiles,
+    /// The child did not answer in time, or answered wrongly: the channel must be closed.
+    broken: std::sync::atomic::AtomicBool,
 }
 
 impl ChildFiles {
-    fn new(connection: i32) -> ChildFiles {
+    fn new(channel: i32, uid: u32) -> ChildFiles {
         ChildFiles {
-            connection,
+            channel,
+            uid,
             pending: Mutex::default(),
+            broken: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    fn pending(&self) -> MutexGuard<'_, std::collections::HashMap<i32, PrivateFd>> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    fn broken(&self) -> bool {
+        self.broken.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Ask the child to carry out `callback` (with `pass` passed along) and return its answer.
-    /// A child that is gone or answers garbage: `EIO`.
-    fn ask(&self, callback: Callback, pass: Option<i32>) -> SysResult<i64> {
-        sys::send_message(self.connection, &callback.encode(), pass).map_err(|_| Errno::EIO)?;
-        let mut buf = [0u8; REPLY_LEN + 1];
-        let (len, passed) =
-            sys::receive_message(self.connection, &mut buf).map_err(|_| Errno::EIO)?;
-        if let Some(unexpected) = passed {
-            let _ = sys::close(unexpected);
+    /// Ask the child to carry out `callback` (with `pass` passed along) and return its answer
+    /// and the descriptor it passed. A child that is gone, silent past the timeout, of another
+    /// uid, or answering garbage: `EIO`, and the channel is marked broken.
+    fn ask(&self, callback: Callback, pass: Option<i32>) -> SysResult<(i64, Option<i32>)> {
+        if self.broken() {
+            return Err(Errno::EIO);
         }
-        reply_value(Reply::decode(&buf[..len]).ok_or(Errno::EIO)?)
-    }
-}
-
-impl FileInstaller for ChildFiles {
-    fn reserve(&self) -> Result<i32, Errno> {
-        let (kept_end, program_end) = files::socket_pair()?;
-        let answer = self.ask(Callback::Reserve, Some(program_end));
-        let _ = sys::close(program_end);
-        match answer.and_then(|fd| i32::try_from(fd).map_err(|_| Errno::EIO)) {
-            Ok(fd) => {
-                self.pending().insert(fd, kept_end);
-                Ok(fd)
+        let exchanged = (|| {
+            sys::send_message(self.channel, &callback.encode(), pass).ok()?;
+            let mut buf = [0u8; REPLY_LEN + 1];
+            let (len, passed, credentials) =
+                sys::receive_message_from(self.channel, &mut buf).ok()?;
+            let trusted = credentials.is_some_and(|c| c.uid == self.uid);
+            match Reply::decode(&buf[..len]).filter(|_| trusted) {
+                Some(reply) => Some((reply, passed)),
+                None => {
+                    if let Some(fd) = passed {
+                        let _ = sys::close(fd);
+                    }
+                    None
+                }
             }
+        })();
+        let Some((reply, passed)) = exchanged else {
+            log::line(format_args!(
+                "child gave no answer to {callback:?}: channel closed"
+            ));
+            self.broken
+                .store(true, std::sync::atomic::Ordering::Release);
+            return Err(Errno::EIO);
+        };
+        match reply_value(reply) {
+            Ok(value) => Ok((value, passed)),
             Err(err) => {
-                kept_end.close();
+                if let Some(fd) = passed {
+                    let _ = sys::close(fd);
+                }
                 Err(err)
             }
         }
     }
 
+    /// [`ChildFiles::ask`] for a callback answered without a descriptor.
+    fn ask_value(&self, callback: Callback) -> SysResult<i64> {
+        let (value, passed) = self.ask(callback, None)?;
+        if let Some(unexpected) = passed {
+            let _ = sys::close(unexpected);
+        }
+        Ok(value)
+    }
+}
+
+impl FileInstaller for ChildFiles {
+    fn reserve(&self) -> Result<i32, Errno> {
+        let fd = files::new_descriptor(true, false)?;
+        let prepared = match files::Prepared::watch(fd, true) {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                let _ = sys::close(fd);
+                return Err(err);
+            }
+        };
+        let answer = self.ask(Callback::Reserve, Some(fd));
+        // The descriptor now lives in the child (or in the message to it); none stays here.
+        let _ = sys::close(fd);
+        let answer = answer.and_then(|(number, passed)| {
+            if let Some(unexpected) = passed {
+                let _ = sys::close(unexpected);
+            }
+            i32::try_from(number).map_err(|_| Errno::EIO)
+        });
+        match answer {
+            Ok(number) => {
+                pending(&self.pending).insert(number, prepared);
+                Ok(number)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     fn unreserve(&self, fd: i32) {
-        if let Some(kept_end) = self.pending().remove(&fd) {
-            if let Err(err) = self.ask(Callback::Unreserve { fd }, None) {
+        let prepared = pending(&self.pending).remove(&fd);
+        if let Some(prepared) = prepared {
+            drop(prepared);
+            if let Err(err) = self.ask_value(Callback::Unreserve { fd }) {
                 log::line(format_args!("child could not give up fd {fd}: {err}"));
             }
-            kept_end.close();
         }
     }
 
     fn install(&self, fd: i32, file: EmulatedFile) {
-        let Some(kept_end) = self.pending().remove(&fd) else {
+        let Some(prepared) = pending(&self.pending).remove(&fd) else {
             return;
         };
         let mode = AccessMode::from_flags(libc::O_RDWR);
-        let shim = files::register(FileKind::Emulated(file), mode, kept_end);
+        let shim = files::register(FileKind::Emulated(file), mode, prepared);
         log::line(format_args!(
             "install file {} at a child's fd {fd}",
             shim.id
         ));
-        // Should the child be gone, its end is closed with it and the server's poll of the
-        // kept ends releases the file.
-        if let Err(err) = self.ask(Callback::Install { fd, file: shim.id }, None) {
+        // Should the child be gone, its descriptor closed with it and the watcher releases
+        // the file.
+        if let Err(err) = self.ask_value(Callback::Install { fd }) {
             log::line(format_args!("child could not install fd {fd}: {err}"));
         }
     }
 
     fn get(&self, fd: i32) -> Option<EmulatedFile> {
-        let id = self.ask(Callback::Lookup { fd }, None).ok()?;
-        let file = files::get(FileId::try_from(id).ok()?)?;
-        match &file.kind {
+        let (_, passed) = self.ask(Callback::Lookup { fd }, None).ok()?;
+        let passed = passed?;
+        let file = files::by_descriptor(passed);
+        let _ = sys::close(passed);
+        match &file?.kind {
             FileKind::Emulated(emulated) => Some(emulated.clone()),
             FileKind::Iommufd(_) | FileKind::FailNth(_) => None,
         }
@@ -529,39 +614,40 @@ impl FileInstaller for ChildFiles {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 enum Op {
-    /// Open `/dev/iommu` with flags `a`; the reply passes the program's end of the new file.
+    /// Open `/dev/iommu` with flags `a` (`b == 1`: `/dev/vfio/vfio`); the reply passes the
+    /// new file's descriptor.
     Open = 1,
-    /// `ioctl(file, a, b)`.
+    /// `ioctl(passed, a, b)`.
     Ioctl = 2,
-    /// A descriptor of `file` was closed: release it if that was the last.
-    Release = 3,
-    /// `read(file, a, b)` at offset `c` (`u64::MAX`: the file position); the request passes
-    /// the reader's descriptor, through which the home drains the readiness byte.
+    /// A descriptor was closed: process the close events queued so far before replying.
+    Sync = 3,
+    /// `read(passed, a, b)` at offset `c` (`u64::MAX`: the file position).
     Read = 4,
-    /// `write(file, a, b)` at offset `c` (`u64::MAX`: the file position).
+    /// `write(passed, a, b)` at offset `c` (`u64::MAX`: the file position).
     Write = 5,
+    /// Serve the channel end passed along (a new fork child of the sender).
+    Adopt = 6,
 }
 
-/// One request: `op`, the caller's fail-nth countdown, a file id and three arguments.
+/// One request: `op`, the caller's fail-nth countdown and three arguments. The file it acts
+/// on, if any, is the descriptor passed with it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Request {
     op: Op,
     fail_nth: u32,
-    file: FileId,
     a: u64,
     b: u64,
     c: u64,
 }
 
-const REQUEST_LEN: usize = 40;
+const REQUEST_LEN: usize = 32;
 const REPLY_LEN: usize = 16;
 
 impl Request {
-    fn new(op: Op, file: FileId, a: u64, b: u64, c: u64) -> Request {
+    fn new(op: Op, a: u64, b: u64, c: u64) -> Request {
         Request {
             op,
             fail_nth: 0,
-            file,
             a,
             b,
             c,
@@ -572,10 +658,9 @@ impl Request {
         let mut out = [0u8; REQUEST_LEN];
         out[0..4].copy_from_slice(&(self.op as u32).to_le_bytes());
         out[4..8].copy_from_slice(&self.fail_nth.to_le_bytes());
-        out[8..16].copy_from_slice(&self.file.to_le_bytes());
-        out[16..24].copy_from_slice(&self.a.to_le_bytes());
-        out[24..32].copy_from_slice(&self.b.to_le_bytes());
-        out[32..40].copy_from_slice(&self.c.to_le_bytes());
+        out[8..16].copy_from_slice(&self.a.to_le_bytes());
+        out[16..24].copy_from_slice(&self.b.to_le_bytes());
+        out[24..32].copy_from_slice(&self.c.to_le_bytes());
         out
     }
 
@@ -588,18 +673,18 @@ impl Request {
         let op = match u32_at(0) {
             1 => Op::Open,
             2 => Op::Ioctl,
-            3 => Op::Release,
+            3 => Op::Sync,
             4 => Op::Read,
             5 => Op::Write,
+            6 => Op::Adopt,
             _ => return None,
         };
         Some(Request {
             op,
             fail_nth: u32_at(4),
-            file: u64_at(8),
-            a: u64_at(16),
-            b: u64_at(24),
-            c: u64_at(32),
+            a: u64_at(8),
+            b: u64_at(16),
+            c: u64_at(24),
         })
     }
 }
@@ -654,9 +739,9 @@ enum Callback {
     Reserve,
     /// Close `fd`, a number reserved earlier in this ioctl.
     Unreserve { fd: i32 },
-    /// `fd`, reserved earlier in this ioctl, now refers to the home's file `file`.
-    Install { fd: i32, file: FileId },
-    /// Answer the id of the home's file `fd` refers to.
+    /// `fd`, reserved earlier in this ioctl, now refers to a file the home serves.
+    Install { fd: i32 },
+    /// Pass back the descriptor at `fd` if it is a file the home serves with `read`/`write`.
     Lookup { fd: i32 },
 }
 
@@ -665,27 +750,25 @@ const CALLBACK_LEN: usize = 24;
 
 impl Callback {
     fn encode(&self) -> [u8; CALLBACK_LEN] {
-        let (tag, fd, file) = match *self {
-            Callback::Reserve => (1u32, -1, 0),
-            Callback::Unreserve { fd } => (2, fd, 0),
-            Callback::Install { fd, file } => (3, fd, file),
-            Callback::Lookup { fd } => (4, fd, 0),
+        let (tag, fd) = match *self {
+            Callback::Reserve => (1u32, -1),
+            Callback::Unreserve { fd } => (2, fd),
+            Callback::Install { fd } => (3, fd),
+            Callback::Lookup { fd } => (4, fd),
         };
         let mut out = [0u8; CALLBACK_LEN];
         out[0..4].copy_from_slice(&tag.to_le_bytes());
         out[4..8].copy_from_slice(&fd.to_le_bytes());
-        out[8..16].copy_from_slice(&file.to_le_bytes());
         out
     }
 
     fn decode(bytes: &[u8]) -> Option<Callback> {
         let bytes: &[u8; CALLBACK_LEN] = bytes.try_into().ok()?;
         let fd = i32::from_le_bytes(bytes[4..8].try_into().ok()?);
-        let file = u64::from_le_bytes(bytes[8..16].try_into().ok()?);
         match u32::from_le_bytes(bytes[0..4].try_into().ok()?) {
             1 => Some(Callback::Reserve),
             2 => Some(Callback::Unreserve { fd }),
-            3 => Some(Callback::Install { fd, file }),
+            3 => Some(Callback::Install { fd }),
             4 => Some(Callback::Lookup { fd }),
             _ => None,
         }
@@ -695,53 +778,27 @@ impl Callback {
 // ---------------------------------------------------------------------------------------------
 // Client side (attached processes).
 
-/// This process's connection to its home.
-#[derive(Debug)]
-struct Connection {
-    fd: PrivateFd,
-    /// The pid that connected: a connection inherited over fork is not ours.
-    pid: u32,
-}
+/// This process's channel to its home (`None` when the fork handler could not make one).
+static CONNECTION: Mutex<Option<PrivateFd>> = Mutex::new(None);
 
-static CONNECTION: Mutex<Option<Connection>> = Mutex::new(None);
-
-fn connection() -> MutexGuard<'static, Option<Connection>> {
+fn connection() -> MutexGuard<'static, Option<PrivateFd>> {
     CONNECTION.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Send `request` to the home and wait for its reply (and the descriptor it passes, if any).
-/// The calling thread's fail-nth countdown travels with it and comes back updated.
-fn call(home: &HomeAddress, request: Request) -> SysResult<(Reply, Option<i32>)> {
-    call_passing(home, request, None)
-}
-
-/// [`call`], passing the descriptor `pass` with the request.
-fn call_passing(
-    home: &HomeAddress,
-    mut request: Request,
-    pass: Option<i32>,
-) -> SysResult<(Reply, Option<i32>)> {
+/// Send `request` to the home, passing the descriptor `pass` with it, and wait for its reply
+/// (and the descriptor it passes, if any). The calling thread's fail-nth countdown travels
+/// with it and comes back updated.
+fn call(mut request: Request, pass: Option<i32>) -> SysResult<(Reply, Option<i32>)> {
     if fault::enabled() {
         fault::register_current_thread();
         request.fail_nth = failpoint::fail_nth();
     }
-    let mut slot = connection();
-    let pid = sys::getpid();
-    let fd = match &*slot {
-        Some(conn) if conn.pid == pid => conn.fd.get(),
-        _ => {
-            let fd = sys::connect_abstract(&home.0).map_err(|err| {
-                log::line(format_args!("cannot reach the home server: {err}"));
-                Errno::EIO
-            })?;
-            let fd = PrivateFd::adopt(fd);
-            let number = fd.get();
-            *slot = Some(Connection { fd, pid });
-            number
-        }
+    let slot = connection();
+    let Some(fd) = slot.as_ref().map(PrivateFd::get) else {
+        return Err(Errno::EIO);
     };
     // Numbers the home reserved in this process during the request and has not installed yet,
-    // and stale table entries met meanwhile (released once the connection is free again).
+    // and stale table entries met meanwhile (released once the channel is free again).
     let mut reserved: Vec<i32> = Vec::new();
     let mut stale: Vec<Target> = Vec::new();
     let mut exchange = || -> SysResult<(Reply, Option<i32>)> {
@@ -749,9 +806,12 @@ fn call_passing(
         loop {
             let mut buf = [0u8; CALLBACK_LEN + 1];
             let (len, passed) = sys::receive_message(fd, &mut buf)?;
+            if len == 0 {
+                return Err(Errno::EIO);
+            }
             if let Some(callback) = Callback::decode(&buf[..len]) {
-                let answer = answer_callback(callback, passed, &mut reserved, &mut stale);
-                sys::send_message(fd, &Reply::from_result(answer, 0).encode(), None)?;
+                let (answer, give) = answer_callback(callback, passed, &mut reserved, &mut stale);
+                sys::send_message(fd, &Reply::from_result(answer, 0).encode(), give)?;
                 continue;
             }
             return match Reply::decode(&buf[..len]) {
@@ -771,7 +831,11 @@ fn call_passing(
     for fd in reserved {
         let _ = sys::close(fd);
     }
-    let result = match exchanged {
+    drop(slot);
+    for target in stale {
+        release(Some(target));
+    }
+    match exchanged {
         Ok((reply, passed)) => {
             if fault::enabled() {
                 failpoint::set_fail_nth(reply.fail_nth);
@@ -779,32 +843,22 @@ fn call_passing(
             Ok((reply, passed))
         }
         Err(err) => {
-            log::line(format_args!(
-                "home server request {:?} failed: {err}",
-                request.op
-            ));
-            if let Some(conn) = slot.take() {
-                conn.fd.close();
-            }
+            log::line(format_args!("home request {:?} failed: {err}", request.op));
             Err(Errno::EIO)
         }
-    };
-    drop(slot);
-    for target in stale {
-        release(Some(target));
     }
-    result
 }
 
 /// Carry out `callback` of the home for this process's descriptor table, during a request
 /// (see [`ChildFiles`]); `passed` is the descriptor that came with it, `reserved` the numbers
-/// reserved so far, and `stale` collects table entries to release afterwards.
+/// reserved so far, and `stale` collects table entries to release afterwards. Returns the
+/// answer and a descriptor to pass back with it.
 fn answer_callback(
     callback: Callback,
     passed: Option<i32>,
     reserved: &mut Vec<i32>,
     stale: &mut Vec<Target>,
-) -> SysResult<i64> {
+) -> (SysResult<i64>, Option<i32>) {
     if callback != Callback::Reserve {
         if let Some(unexpected) = passed {
             let _ = sys::close(unexpected);
@@ -820,30 +874,35 @@ fn answer_callback(
     match callback {
         Callback::Reserve => {
             // The kernel passes no descriptor to a process whose table is full.
-            let fd = passed.ok_or(Errno::from_raw(libc::EMFILE))?;
+            let Some(fd) = passed else {
+                return (Err(Errno::from_raw(libc::EMFILE)), None);
+            };
             reserved.push(fd);
-            Ok(fd.into())
+            (Ok(fd.into()), None)
         }
         Callback::Unreserve { fd } => {
-            take_reserved(fd)?;
-            let _ = sys::close(fd);
-            Ok(0)
+            let result = take_reserved(fd).map(|()| {
+                let _ = sys::close(fd);
+                0
+            });
+            (result, None)
         }
-        Callback::Install { fd, file } => {
-            take_reserved(fd)?;
+        Callback::Install { fd } => {
+            if let Err(err) = take_reserved(fd) {
+                return (Err(err), None);
+            }
             let remote = RemoteFile {
-                id: file,
                 mode: AccessMode::from_flags(libc::O_RDWR),
                 has_io: true,
             };
             match fdtable::insert(fd, Target::Remote(remote)) {
                 Ok(replaced) => {
                     stale.extend(replaced);
-                    Ok(0)
+                    (Ok(0), None)
                 }
                 Err(err) => {
                     let _ = sys::close(fd);
-                    Err(err)
+                    (Err(err), None)
                 }
             }
         }
@@ -851,10 +910,8 @@ fn answer_callback(
             let (found, old) = fdtable::lookup(fd);
             stale.extend(old);
             match found {
-                Some(Target::Remote(remote)) if remote.has_io => {
-                    i64::try_from(remote.id).map_err(|_| Errno::EBADF)
-                }
-                _ => Err(Errno::EBADF),
+                Some(Target::Remote(remote)) if remote.has_io => (Ok(0), Some(fd)),
+                _ => (Err(Errno::EBADF), None),
             }
         }
     }
@@ -863,170 +920,149 @@ fn answer_callback(
 // ---------------------------------------------------------------------------------------------
 // Server side (the home process).
 
-/// The running home server of this process.
-#[derive(Debug)]
-struct Server {
-    /// The process the server thread runs in (a fork child sees its parent's copy).
-    pid: u32,
-    address: HomeAddress,
-    wake: PrivateFd,
-}
-
-static SERVER: OnceLock<Result<Server, Errno>> = OnceLock::new();
-
-fn ensure_server() -> SysResult<&'static Server> {
-    SERVER
-        .get_or_init(start_server)
-        .as_ref()
-        .map_err(|&err| err)
-}
-
-fn start_server() -> SysResult<Server> {
-    let pid = sys::getpid();
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let address = HomeAddress(format!("uiommu-preload/{pid}/{nonce}").into_bytes());
-    let listener = PrivateFd::adopt(sys::listen_abstract(&address.0)?);
-    let wake = PrivateFd::adopt(sys::eventfd()?);
-    let server_wake = wake.clone();
-    std::thread::Builder::new()
-        .name("uiommu-home".into())
-        .spawn(move || serve(listener, server_wake))
-        .map_err(|_| Errno::EAGAIN)?;
-    log::line(format_args!("home server started"));
-    Ok(Server { pid, address, wake })
-}
+/// Whether this home has forked since it started serving (so children may hold its files).
+static FORKED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// Release the files whose last descriptors were held by fork children that exited since.
 ///
-/// The server thread notices such hang-ups too, but asynchronously; the kernel releases a file
+/// The watcher thread notices such closes too, but asynchronously; the kernel releases a file
 /// during the exit of its last holder, so once a parent's `waitpid` returns, the release is
-/// done. Checking before each ioctl of the home gives the parent that ordering. Only after a
-/// fork (when a server runs) is there anything to check.
+/// done. Processing the close events before each ioctl of the home gives the parent that
+/// ordering. Only after a fork is there anything to process.
 fn reap_orphans() {
-    let serving = matches!(SERVER.get(), Some(Ok(server)) if server.pid == sys::getpid());
-    if !serving {
+    if FORKED.load(std::sync::atomic::Ordering::Acquire) == sys::getpid() {
+        files::release_closed();
+    }
+}
+
+/// Start (once per home process) the thread that releases files as their close events come.
+fn ensure_watcher_thread() {
+    static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let pid = sys::getpid();
+    if STARTED.swap(pid, std::sync::atomic::Ordering::AcqRel) == pid {
         return;
     }
-    files::release_all_unheld();
-}
-
-/// The registry of files changed: the server re-reads it.
-pub fn files_changed() {
-    if let Some(Ok(server)) = SERVER.get() {
-        if server.pid == sys::getpid() {
-            let _ = sys::write(server.wake.get(), &1u64.to_ne_bytes());
-        }
-    }
-}
-
-/// One attached process connected to the server.
-#[derive(Debug)]
-struct Client {
-    fd: PrivateFd,
-    pid: u32,
-    caller: Option<Caller>,
-}
-
-impl Client {
-    fn caller(&mut self) -> SysResult<&Caller> {
-        if self.caller.is_none() {
-            self.caller = Some(Caller::for_pid(self.pid).map_err(|_| Errno::ESRCH)?);
-        }
-        self.caller.as_ref().ok_or(Errno::ESRCH)
-    }
-}
-
-/// The server loop: accept attached processes, answer their requests, and release files whose
-/// descriptors are all gone.
-fn serve(listener: PrivateFd, wake: PrivateFd) {
-    let mut clients: Vec<Client> = Vec::new();
-    let uid = sys::getuid();
-    loop {
-        let files = files::kept_ends();
-        let mut fds: Vec<libc::pollfd> = [listener.get(), wake.get()]
-            .into_iter()
-            .chain(clients.iter().map(|c| c.fd.get()))
-            .map(|fd| libc::pollfd {
-                fd,
+    let Ok(watcher) = files::watcher_fd() else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("uiommu-release".into())
+        .spawn(move || loop {
+            let mut fds = [libc::pollfd {
+                fd: watcher,
                 events: libc::POLLIN,
                 revents: 0,
-            })
-            .chain(files.iter().map(|&(_, fd)| libc::pollfd {
-                fd,
-                events: 0,
-                revents: 0,
-            }))
-            .collect();
-        if sys::poll(&mut fds, -1).is_err() {
-            continue;
+            }];
+            if sys::poll(&mut fds, -1).is_ok() && fds[0].revents & libc::POLLNVAL != 0 {
+                return;
+            }
+            files::release_closed();
+        });
+    if spawned.is_err() {
+        log::line(format_args!("cannot start the release watcher"));
+    }
+}
+
+/// Make `fd`, the home's end of a channel, ready for serving: credentials on every message, a
+/// bounded wait for answers (and for room to send to a child that reads nothing).
+fn configure_channel(fd: i32) -> SysResult<()> {
+    sys::pass_credentials(fd)?;
+    sys::transfer_timeout(fd, CALLBACK_TIMEOUT_SECONDS)
+}
+
+/// Serve the channel `channel` on a thread of its own.
+fn spawn_server(channel: PrivateFd) {
+    let thread_channel = channel.clone();
+    let spawned = std::thread::Builder::new()
+        .name("uiommu-home".into())
+        .spawn(move || serve(thread_channel));
+    if spawned.is_err() {
+        log::line(format_args!("cannot start a server thread: channel closed"));
+        channel.close();
+    }
+}
+
+/// The process a channel's requests come from, with its memory (cached per pid).
+#[derive(Debug, Default)]
+struct Peer {
+    caller: Option<(u32, Caller)>,
+}
+
+impl Peer {
+    fn caller(&mut self, pid: u32) -> SysResult<&Caller> {
+        if self.caller.as_ref().map(|(p, _)| *p) != Some(pid) {
+            let caller = Caller::for_pid(pid).map_err(|_| Errno::ESRCH)?;
+            self.caller = Some((pid, caller));
         }
-        if fds[0].revents & libc::POLLIN != 0 {
-            if let Ok(fd) = sys::accept(listener.get()) {
-                let fd = PrivateFd::adopt(fd);
-                match sys::peer_credentials(fd.get()) {
-                    Ok((pid, peer_uid)) if peer_uid == uid || uid == 0 => clients.push(Client {
-                        fd,
-                        pid,
-                        caller: None,
-                    }),
-                    _ => fd.close(),
+        self.caller.as_ref().map(|(_, c)| c).ok_or(Errno::ESRCH)
+    }
+}
+
+/// One server thread: answer the requests on `channel` until the child is gone or breaks the
+/// rules, then close it.
+fn serve(channel: PrivateFd) {
+    let uid = sys::getuid();
+    let mut peer = Peer::default();
+    loop {
+        let mut buf = [0u8; REQUEST_LEN + 1];
+        let (len, passed, credentials) = match sys::receive_message_from(channel.get(), &mut buf) {
+            Ok((0, passed, _)) => {
+                if let Some(fd) = passed {
+                    let _ = sys::close(fd);
                 }
+                break;
             }
-        }
-        if fds[1].revents & libc::POLLIN != 0 {
-            let mut counter = [0u8; 8];
-            let _ = sys::read(wake.get(), &mut counter);
-        }
-        let client_count = clients.len();
-        let client_events: Vec<i16> = fds[2..2 + client_count].iter().map(|p| p.revents).collect();
-        let mut index = 0;
-        for revents in client_events {
-            let keep =
-                revents == 0 || (revents & libc::POLLIN != 0 && serve_one(&mut clients[index]));
-            if keep {
-                index += 1;
-            } else {
-                clients.remove(index).fd.close();
+            Ok(received) => received,
+            // The receive timeout only bounds answers to callbacks; between requests, wait on.
+            Err(err) if err == Errno::EAGAIN => continue,
+            Err(_) => break,
+        };
+        let Some(credentials) = credentials.filter(|c| c.uid == uid) else {
+            if let Some(fd) = passed {
+                let _ = sys::close(fd);
             }
+            log::line(format_args!(
+                "refused a request from {credentials:?}: not uid {uid}; channel closed"
+            ));
+            break;
+        };
+        let installer = Arc::new(ChildFiles::new(channel.get(), uid));
+        let (reply, pass) = match Request::decode(&buf[..len]) {
+            Some(request) => answer(&mut peer, credentials.pid, &installer, request, passed),
+            None => (Reply::from_result(Err(Errno::EINVAL), 0), None),
+        };
+        if let Some(passed) = passed {
+            let _ = sys::close(passed);
         }
-        for (&(id, _), poll) in files.iter().zip(&fds[2 + client_count..]) {
-            if poll.revents & (libc::POLLHUP | libc::POLLNVAL) != 0 {
-                files::release_if_unheld(id);
+        if installer.broken() {
+            if let Some(fd) = pass {
+                let _ = sys::close(fd);
             }
+            break;
+        }
+        let sent = sys::send_message(channel.get(), &reply.encode(), pass).is_ok();
+        if let Some(fd) = pass {
+            let _ = sys::close(fd);
+        }
+        if !sent {
+            break;
         }
     }
+    channel.close();
 }
 
-/// Answer one request of `client`; `false` when the client is gone.
-fn serve_one(client: &mut Client) -> bool {
-    let mut buf = [0u8; REQUEST_LEN + 1];
-    let (len, passed) = match sys::receive_message(client.fd.get(), &mut buf) {
-        Ok((0, _)) | Err(_) => return false,
-        Ok(received) => received,
-    };
-    let (reply, pass) = match Request::decode(&buf[..len]) {
-        Some(request) => answer(client, request, passed),
-        None => (Reply::from_result(Err(Errno::EINVAL), 0), None),
-    };
-    if let Some(passed) = passed {
-        let _ = sys::close(passed);
-    }
-    let sent = sys::send_message(client.fd.get(), &reply.encode(), pass).is_ok();
-    if let Some(fd) = pass {
-        let _ = sys::close(fd);
-    }
-    sent
-}
-
-/// Answer `request` on this (the server's) thread, with the requesting thread's fail-nth
+/// Answer `request` of process `pid` on this thread, with the requesting thread's fail-nth
 /// countdown armed here for the duration, and report what is left of it. `passed` is the
 /// descriptor the request came with (the caller closes it).
-fn answer(client: &mut Client, request: Request, passed: Option<i32>) -> (Reply, Option<i32>) {
+fn answer(
+    peer: &mut Peer,
+    pid: u32,
+    installer: &Arc<ChildFiles>,
+    request: Request,
+    passed: Option<i32>,
+) -> (Reply, Option<i32>) {
     failpoint::set_fail_nth(request.fail_nth);
-    let (result, pass) = match perform(client, request, passed) {
+    let (result, pass) = match perform(peer, pid, installer, request, passed) {
         Ok((value, pass)) => (Ok(value), pass),
         Err(err) => (Err(err), None),
     };
@@ -1037,47 +1073,48 @@ fn answer(client: &mut Client, request: Request, passed: Option<i32>) -> (Reply,
 
 /// The work of one request: its value, and a descriptor to pass back.
 fn perform(
-    client: &mut Client,
+    peer: &mut Peer,
+    pid: u32,
+    installer: &Arc<ChildFiles>,
     request: Request,
     passed: Option<i32>,
 ) -> SysResult<(i64, Option<i32>)> {
+    // The file a request acts on is the one whose descriptor it passed: possession.
+    let held = || passed.and_then(files::by_descriptor).ok_or(Errno::EBADF);
     match request.op {
         Op::Open => {
-            let platform = platform()?;
             let mode = AccessMode::from_flags(request.a as i32);
             let node = if request.b == 1 {
                 Node::VfioContainer
             } else {
                 Node::Iommu
             };
-            let context = open_context(platform, node);
-            let (write_end, file) = files::create(FileKind::Iommufd(context), mode)?;
+            let (fd, file) = create_iommufd(node, mode, true)?;
             log::line(format_args!(
-                "open {node:?} for pid {}: file {}",
-                client.pid, file.id
+                "open {node:?} for pid {pid}: file {}",
+                file.id
             ));
-            Ok((file.id as i64, Some(write_end)))
+            Ok((0, Some(fd)))
         }
         Op::Ioctl => {
-            let file = files::get(request.file);
-            let Some(FileKind::Iommufd(ctx)) = file.as_deref().map(|f| &f.kind) else {
-                return Err(Errno::EBADF);
+            let file = held()?;
+            let FileKind::Iommufd(ctx) = &file.kind else {
+                return Err(Errno::ENOTTY);
             };
             // Files the ioctl hands out belong in the child's descriptor table.
-            let mut caller = client.caller()?.clone();
-            caller.files = Some(Arc::new(ChildFiles::new(client.fd.get())));
+            let mut caller = peer.caller(pid)?.clone();
+            caller.files = Some(installer.clone());
             let value = ctx.ioctl(&caller, request.a as u32, request.b)?;
             Ok((value.into(), None))
         }
-        Op::Release => {
-            files::release_if_unheld(request.file);
+        Op::Sync => {
+            files::release_closed();
             Ok((0, None))
         }
         Op::Read | Op::Write => {
-            let file = files::get(request.file);
-            let Some((file, FileKind::Emulated(emulated))) = file.as_deref().map(|f| (f, &f.kind))
-            else {
-                return Err(Errno::EBADF);
+            let file = held()?;
+            let FileKind::Emulated(emulated) = &file.kind else {
+                return Err(Errno::EINVAL);
             };
             let direction = if request.op == Op::Read {
                 Direction::Read
@@ -1090,11 +1127,19 @@ fn perform(
                 count: usize::try_from(request.b).map_err(|_| Errno::EINVAL)?,
                 offset: (request.c != u64::MAX).then_some(request.c),
             };
-            // The child's library passes the descriptor it read from (one its descriptor table
-            // maps to this file); without one, a stale readiness byte stays until a later read.
-            let caller = client.caller()?;
-            let value = emulated_io(file, emulated, caller, io, passed)?;
+            let value = emulated_io(&file, emulated, peer.caller(pid)?, io)?;
             Ok((value, None))
+        }
+        Op::Adopt => {
+            let fd = passed.ok_or(Errno::EBADF)?;
+            let duplicate = sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0)?;
+            let channel = PrivateFd::adopt(duplicate);
+            if let Err(err) = configure_channel(channel.get()) {
+                channel.close();
+                return Err(err);
+            }
+            spawn_server(channel);
+            Ok((0, None))
         }
     }
 }
@@ -1106,18 +1151,26 @@ fn perform(
 struct ForkGuards {
     _release: MutexGuard<'static, ()>,
     role: MutexGuard<'static, Role>,
-    connection: MutexGuard<'static, Option<Connection>>,
-    registry: MutexGuard<'static, Option<std::collections::HashMap<FileId, Arc<ShimFile>>>>,
-    table: RwLockWriteGuard<'static, Option<std::collections::HashMap<i32, fdtable::Entry>>>,
+    connection: MutexGuard<'static, Option<PrivateFd>>,
+    registry: MutexGuard<'static, Option<files::Registry>>,
+    table: RwLockWriteGuard<'static, Option<HashMap<i32, fdtable::Entry>>>,
     private: MutexGuard<
         'static,
         std::collections::BTreeMap<i32, std::sync::Weak<std::sync::atomic::AtomicI32>>,
     >,
-    threads: MutexGuard<'static, Option<std::collections::HashMap<u32, fault::Slot>>>,
+    threads: MutexGuard<'static, Option<HashMap<u32, fault::Slot>>>,
+}
+
+/// The channel a fork is making: the home's end and the child's end.
+struct NewChannel {
+    /// The home's end, when this process is the home (an attached process has passed it on).
+    home_end: Option<PrivateFd>,
+    child_end: PrivateFd,
 }
 
 thread_local! {
     static FORK_GUARDS: RefCell<Option<ForkGuards>> = const { RefCell::new(None) };
+    static NEW_CHANNEL: RefCell<Option<NewChannel>> = const { RefCell::new(None) };
 }
 
 /// Install the fork handlers, once per process image.
@@ -1126,16 +1179,58 @@ pub fn register_fork_handlers() {
     REGISTERED.call_once(|| sys::atfork(prepare_fork, parent_after_fork, child_after_fork));
 }
 
-extern "C" fn prepare_fork() {
-    let _ = std::panic::catch_unwind(|| {
-        if matches!(*role(), Role::Home) {
-            if let Err(err) = ensure_server() {
-                log::line(format_args!("cannot start the home server: {err}"));
+/// A channel for the child about to be made, if this process is a home or attached to one.
+fn new_channel(role: Role) -> Option<NewChannel> {
+    if role == Role::Fresh {
+        return None;
+    }
+    let made = sys::seqpacket_pair().and_then(|(home_end, child_end)| {
+        let (home_end, child_end) = (PrivateFd::adopt(home_end), PrivateFd::adopt(child_end));
+        let ready = match role {
+            Role::Home => configure_channel(home_end.get()),
+            // The home serves the new child on the end it receives.
+            _ => call(Request::new(Op::Adopt, 0, 0, 0), Some(home_end.get()))
+                .and_then(|(reply, _)| reply_value(reply))
+                .map(drop),
+        };
+        match ready {
+            Ok(()) if role == Role::Home => Ok(NewChannel {
+                home_end: Some(home_end),
+                child_end,
+            }),
+            Ok(()) => {
+                home_end.close();
+                Ok(NewChannel {
+                    home_end: None,
+                    child_end,
+                })
+            }
+            Err(err) => {
+                home_end.close();
+                child_end.close();
+                Err(err)
             }
         }
+    });
+    match made {
+        Ok(channel) => Some(channel),
+        Err(err) => {
+            log::line(format_args!(
+                "cannot make a channel for a fork child: {err}"
+            ));
+            None
+        }
+    }
+}
+
+extern "C" fn prepare_fork() {
+    let _ = std::panic::catch_unwind(|| {
+        let role = *role();
+        let channel = new_channel(role);
+        NEW_CHANNEL.with(|slot| *slot.borrow_mut() = channel);
         let guards = ForkGuards {
             _release: files::lock_release(),
-            role: role(),
+            role: self::role(),
             connection: connection(),
             registry: files::lock_registry(),
             table: fdtable::lock_table(),
@@ -1149,6 +1244,15 @@ extern "C" fn prepare_fork() {
 extern "C" fn parent_after_fork() {
     let _ = std::panic::catch_unwind(|| {
         FORK_GUARDS.with(|slot| drop(slot.borrow_mut().take()));
+        let Some(channel) = NEW_CHANNEL.with(|slot| slot.borrow_mut().take()) else {
+            return;
+        };
+        channel.child_end.close();
+        if let Some(home_end) = channel.home_end {
+            FORKED.store(sys::getpid(), std::sync::atomic::Ordering::Release);
+            ensure_watcher_thread();
+            spawn_server(home_end);
+        }
     });
 }
 
@@ -1157,26 +1261,24 @@ extern "C" fn child_after_fork() {
         let Some(mut guards) = FORK_GUARDS.with(|slot| slot.borrow_mut().take()) else {
             return;
         };
-        let home = match &*guards.role {
-            Role::Fresh => None,
-            Role::Attached(home) => Some(home.clone()),
-            Role::Home => match SERVER.get() {
-                Some(Ok(server)) => Some(server.address.clone()),
-                _ => None,
-            },
-        };
+        fdtable::take_ownership();
+        let channel = NEW_CHANNEL.with(|slot| slot.borrow_mut().take());
         let mut keep: HashSet<i32> = HashSet::new();
-        if let Some(home) = home {
-            *guards.role = Role::Attached(home);
+        if *guards.role != Role::Fresh {
+            *guards.role = Role::Attached;
             fdtable::make_remote(&mut guards.table, served_by_home);
-            keep.extend(files::keep_local_only(&mut guards.registry, served_by_home));
-        } else {
-            keep.extend(files::keep_local_only(&mut guards.registry, |_| false));
-        }
-        // The parent's connection to its home is the parent's: leak our copy's handle (its
-        // descriptor is closed below with the other private descriptors we do not keep).
-        if let Some(inherited) = guards.connection.take() {
-            std::mem::forget(inherited);
+            files::forget_served(&mut guards.registry);
+            // The parent's channel is the parent's: leak our copy's handle (its descriptor is
+            // closed below with the other private descriptors we do not keep).
+            if let Some(inherited) = guards.connection.take() {
+                std::mem::forget(inherited);
+            }
+            if let Some(channel) = channel {
+                // The home's end is the parent's (or the home's): closed below.
+                std::mem::forget(channel.home_end);
+                keep.insert(channel.child_end.get());
+                *guards.connection = Some(channel.child_end);
+            }
         }
         keep.extend(log::descriptor());
         fdtable::close_private_except(&mut guards.private, &keep);
@@ -1194,7 +1296,6 @@ mod tests {
         let request = Request {
             op: Op::Ioctl,
             fail_nth: 7,
-            file: 42,
             a: 0x3b81,
             b: 0x7fff_1234_5678,
             c: u64::MAX,
@@ -1216,5 +1317,18 @@ mod tests {
             reply_value(Reply::decode(&failed.encode()).unwrap()),
             Err(Errno::ENOTTY)
         );
+    }
+
+    #[test]
+    fn callbacks_round_trip_and_differ_in_length_from_replies() {
+        for callback in [
+            Callback::Reserve,
+            Callback::Unreserve { fd: 5 },
+            Callback::Install { fd: 7 },
+            Callback::Lookup { fd: 9 },
+        ] {
+            assert_eq!(Callback::decode(&callback.encode()), Some(callback));
+        }
+        assert_ne!(CALLBACK_LEN, REPLY_LEN);
     }
 }

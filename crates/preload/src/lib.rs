@@ -3,38 +3,50 @@
 //!
 //! The library interposes the libc calls a program uses to reach a character device (`open`
 //! and its fortified and LFS variants, `close`, `dup*`, `fcntl`, `ioctl`, `read`/`write` and
-//! their positional and fortified variants, `close_range`, `closefrom`, `opendir`). Opening `/dev/iommu`
-//! returns an *emulated file*: a real kernel file descriptor (one end of a pipe or socket) whose
-//! ioctls are served by uiommu's iommufd engine over an in-process IOMMU core with the mock
-//! driver registered. Every other call goes to the real libc untouched.
+//! their positional, vectored and fortified variants, `close_range`, `closefrom`, `opendir`, and
+//! `syscall` for the same system calls made through it). Opening `/dev/iommu` returns an
+//! *emulated file*: one real kernel file descriptor (a pipe reopened read-write) whose ioctls
+//! are served by uiommu's iommufd engine over an in-process IOMMU core with the mock driver
+//! registered. Every other call goes to the real libc untouched.
 //!
 //! What the crate owns, and where:
 //! * [`fdtable`]: which descriptor numbers are emulated, and the library's own private
 //!   descriptors (kept out of the program's way).
-//! * [`files`]: emulated files, their pipes and socket pairs, release on last close (the pipe
-//!   trick), and the readiness that makes handed-out files pollable.
-//! * [`home`]: the emulated platform, and how a forked child keeps using its parent's files
-//!   (the "home server").
+//! * [`files`]: emulated files, their single descriptor, release on last close (one inotify
+//!   watch per file on one inotify instance), and the readiness that makes handed-out files
+//!   pollable.
+//! * [`home`]: the emulated platform, and how forked children keep using their parent's files:
+//!   channels inherited through `fork`, credentials checked on every message, and files named
+//!   only by a descriptor the caller passes (possession, as in the kernel).
 //! * [`fault`]: fail-nth emulation (`/proc/.../fail-nth` and the debugfs knobs).
 //! * [`shim`]: the routing decisions behind every interposed call, in safe code.
 //! * `exports` (built only into the library, not its unit tests), [`real`] and [`sys`]: the
 //!   only modules with unsafe code — the exported C symbols, the pass-through to the next
-//!   definition of each symbol, and the raw system calls the library makes for itself.
+//!   definition of each symbol, and the raw system calls the library makes for itself (through
+//!   libc's `syscall` found with `dlsym(RTLD_NEXT)`, never the library's own exports).
 //!
 //! What it must not know: IOMMU semantics. It holds no IOMMU logic; it turns libc calls into
 //! calls of [`uiommu_iommufd::ctx::IommufdCtx::ioctl`] and results into `errno`.
 //!
 //! # Environment
-//! The variables below are read once; [`ENV_LOG`] is the only output the library ever writes
-//! (programs under test print TAP on stdout and stderr).
+//! The variables below are read once; [`ENV_LOG`] is the only output the library writes,
+//! except the one-line notices of [`log::notice_once`] on stderr when `uiommu run` asks for
+//! them (programs under test print TAP on stdout and stderr).
 //!
+//! # Locking
 //! Lock order (each lock is documented where it is declared): `files::RELEASE` →
 //! `home::ROLE` → `home::CONNECTION` → `files::REGISTRY` → `fdtable::TABLE` →
-//! `fdtable::PRIVATE` → `fault::THREADS`. The fork handlers take all of them in this order.
-//! The file installers' reservation tables (`home::Installer`, and `home::ChildFiles` on the
-//! home server's thread) are leaves outside this order. A fork child answers the home's
-//! requests for its descriptor table under `home::CONNECTION`, taking `fdtable::TABLE` after it. So is each file's readiness lock (`files::Readiness`), taken with
-//! no library lock held, before the fault queue's own lock.
+//! `fdtable::PRIVATE` → `fault::THREADS`. The fork handlers take all of them in this order
+//! (after the prepare handler has made the new child's channel, which may take
+//! `home::CONNECTION` alone to pass the home its end). `home::ROLE` is only read or set, never
+//! held across another lock, except by the fork handlers. An attached process answers the
+//! home's callbacks for its descriptor table under `home::CONNECTION`, taking `fdtable::TABLE`
+//! after it. The file installers' reservation tables (`home::Installer`, and each
+//! `home::ChildFiles` on a server thread) are leaves outside this order, as is each file's
+//! readiness lock (`files::Readiness`), taken with no library lock held and before
+//! `fdtable::TABLE` (read, to write the readiness byte through the home's descriptor of the
+//! file) and the fault queue's own lock. `fdtable::TABLE` is held for writing across the real `dup3` of a
+//! `dup2`/`dup3` onto a number, so that the change is atomic to lookups.
 
 pub mod fault;
 pub mod fdtable;

@@ -20,7 +20,7 @@ fn log_fd() -> Option<&'static PrivateFd> {
         let path = std::ffi::CString::new(path.as_bytes()).ok()?;
         let fd = sys::open(
             &path,
-            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT,
+            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC,
             0o600,
         )
         .ok()?;
@@ -44,4 +44,22 @@ pub fn line(args: fmt::Arguments<'_>) {
 /// The log's descriptor, if it is open, so a fork child keeps it.
 pub(crate) fn descriptor() -> Option<i32> {
     FD.get().and_then(Option::as_ref).map(PrivateFd::get)
+}
+
+/// `1`: the library may tell the user, on stderr, about calls it cannot serve ([`notice_once`]).
+/// `uiommu run` sets it; without it stderr stays the program's alone.
+pub const ENV_NOTICES: &str = "UIOMMU_NOTICES";
+
+/// Tell the user once per process that something reached an emulated descriptor that the
+/// library cannot serve: in the log, and on stderr when [`ENV_NOTICES`] allows.
+pub fn notice_once(args: fmt::Arguments<'_>) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if SAID.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
+    }
+    line(args);
+    if std::env::var_os(ENV_NOTICES).is_some_and(|v| v == "1") {
+        let text = format!("uiommu: {args}\n");
+        let _ = sys::write(2, text.as_bytes());
+    }
 }

@@ -125,6 +125,24 @@ forward! {
     /// `pwrite64(fd, buf, count, offset)`.
     fn pwrite64(fd: c_int, buf: *const c_void, count: size_t, offset: off_t) -> ssize_t =
         c"pwrite64" as unsafe extern "C" fn(c_int, *const c_void, size_t, off_t) -> ssize_t;
+    /// `readv(fd, iov, iovcnt)`.
+    fn readv(fd: c_int, iov: *const libc::iovec, iovcnt: c_int) -> ssize_t =
+        c"readv" as unsafe extern "C" fn(c_int, *const libc::iovec, c_int) -> ssize_t;
+    /// `writev(fd, iov, iovcnt)`.
+    fn writev(fd: c_int, iov: *const libc::iovec, iovcnt: c_int) -> ssize_t =
+        c"writev" as unsafe extern "C" fn(c_int, *const libc::iovec, c_int) -> ssize_t;
+    /// `preadv(fd, iov, iovcnt, offset)`.
+    fn preadv(fd: c_int, iov: *const libc::iovec, iovcnt: c_int, offset: off_t) -> ssize_t =
+        c"preadv" as unsafe extern "C" fn(c_int, *const libc::iovec, c_int, off_t) -> ssize_t;
+    /// `preadv64(fd, iov, iovcnt, offset)`.
+    fn preadv64(fd: c_int, iov: *const libc::iovec, iovcnt: c_int, offset: off_t) -> ssize_t =
+        c"preadv64" as unsafe extern "C" fn(c_int, *const libc::iovec, c_int, off_t) -> ssize_t;
+    /// `pwritev(fd, iov, iovcnt, offset)`.
+    fn pwritev(fd: c_int, iov: *const libc::iovec, iovcnt: c_int, offset: off_t) -> ssize_t =
+        c"pwritev" as unsafe extern "C" fn(c_int, *const libc::iovec, c_int, off_t) -> ssize_t;
+    /// `pwritev64(fd, iov, iovcnt, offset)`.
+    fn pwritev64(fd: c_int, iov: *const libc::iovec, iovcnt: c_int, offset: off_t) -> ssize_t =
+        c"pwritev64" as unsafe extern "C" fn(c_int, *const libc::iovec, c_int, off_t) -> ssize_t;
     /// `__read_chk(fd, buf, count, buflen)`.
     fn read_chk(fd: c_int, buf: *mut c_void, count: size_t, buflen: size_t) -> ssize_t =
         c"__read_chk" as unsafe extern "C" fn(c_int, *mut c_void, size_t, size_t) -> ssize_t;

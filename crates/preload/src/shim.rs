@@ -88,17 +88,14 @@ fn open_fail_nth(task: fault::Task, flags: i32) -> SysResult<i32> {
     if flags & libc::O_DIRECTORY != 0 {
         return Err(sys::ENOTDIR);
     }
-    let (write_end, file) = files::create(FileKind::FailNth(task), AccessMode::from_flags(flags))?;
-    let fd = match files::place_lowest(write_end, flags & libc::O_CLOEXEC != 0) {
-        Ok(fd) => fd,
+    let fd = files::new_descriptor(flags & libc::O_CLOEXEC != 0, false)?;
+    match files::unserved(FileKind::FailNth(task), AccessMode::from_flags(flags), fd) {
+        Ok(file) => home::install(fd, Target::Local(file)),
         Err(err) => {
-            let id = file.id;
-            drop(file);
-            files::release_if_unheld(id);
-            return Err(err);
+            let _ = sys::close(fd);
+            Err(err)
         }
-    };
-    home::install(fd, Target::Local(file))
+    }
 }
 
 /// `opendir(name)`: only the debugfs redirect.
@@ -124,7 +121,7 @@ fn emulated(fd: i32) -> Option<Target> {
 
 /// `close(fd)`.
 pub fn close(fd: i32) -> Outcome {
-    if !fdtable::active() {
+    if !fdtable::active() || fdtable::foreign_process() {
         return Outcome::Pass;
     }
     if fdtable::is_private(fd) {
@@ -135,6 +132,7 @@ pub fn close(fd: i32) -> Outcome {
         return Outcome::Pass;
     }
     let target = fdtable::remove(fd);
+    home::before_close(target.as_ref(), fd);
     let closed = sys::close(fd);
     home::release(target);
     Outcome::Done(closed.map(|()| 0))
@@ -144,7 +142,7 @@ pub fn close(fd: i32) -> Outcome {
 /// emulated ones released.
 pub fn close_range(first: u32, last: u32, flags: i32) -> Outcome {
     let known = (libc::CLOSE_RANGE_CLOEXEC | libc::CLOSE_RANGE_UNSHARE) as i32;
-    if !fdtable::active() || first > last || flags & !known != 0 {
+    if !fdtable::active() || first > last || flags & !known != 0 || fdtable::foreign_process() {
         return Outcome::Pass;
     }
     let private = fdtable::private_in_range(first, last);
@@ -156,6 +154,9 @@ pub fn close_range(first: u32, last: u32, flags: i32) -> Outcome {
     };
     if private.is_empty() && released.is_empty() {
         return Outcome::Pass;
+    }
+    for (fd, target) in &released {
+        home::before_close(Some(target), *fd);
     }
     let mut result = Ok(());
     let mut start = u64::from(first);
@@ -180,7 +181,7 @@ pub fn close_range(first: u32, last: u32, flags: i32) -> Outcome {
 
 /// `dup(fd)`.
 pub fn dup(fd: i32) -> Outcome {
-    if !fdtable::active() {
+    if !fdtable::active() || fdtable::foreign_process() {
         return Outcome::Pass;
     }
     let Some(target) = emulated(fd) else {
@@ -195,11 +196,12 @@ pub fn dup(fd: i32) -> Outcome {
 
 /// `dup2(old, new)` (`flags == None`) or `dup3(old, new, flags)`.
 pub fn dup3(old: i32, new: i32, flags: Option<i32>) -> Outcome {
-    if !fdtable::active() {
+    if !fdtable::active() || fdtable::foreign_process() {
         return Outcome::Pass;
     }
     let source = emulated(old);
-    let replaced = emulated(new).is_some();
+    let replacing = emulated(new);
+    let replaced = replacing.is_some();
     let private = fdtable::is_private(new);
     if source.is_none() && !replaced && !private {
         return Outcome::Pass;
@@ -216,22 +218,25 @@ pub fn dup3(old: i32, new: i32, flags: Option<i32>) -> Outcome {
             return Outcome::Done(Err(err));
         }
     }
-    let duplicated = match sys::dup3(old, new, flags.unwrap_or(0)) {
-        Ok(fd) => fd,
-        Err(err) => return Outcome::Done(Err(err)),
-    };
-    let previous = fdtable::remove(duplicated);
-    let result = match source {
-        Some(target) => home::install(duplicated, target),
-        None => Ok(duplicated),
-    };
-    home::release(previous);
-    Outcome::Done(result.map(i64::from))
+    // The file at `new` loses this descriptor.
+    home::before_close(replacing.as_ref(), new);
+    // The real dup3 and the table's new entry form one step for concurrent lookups of `new`,
+    // as the kernel's replacement of a table slot is one step for concurrent ioctls.
+    match fdtable::dup_onto(old, new, flags.unwrap_or(0), source) {
+        Ok((duplicated, previous)) => {
+            home::release(previous);
+            Outcome::Done(Ok(duplicated.into()))
+        }
+        Err(err) => Outcome::Done(Err(err)),
+    }
 }
 
 /// `fcntl(fd, cmd, arg)`: duplication and `F_GETFL` of emulated descriptors.
 pub fn fcntl(fd: i32, cmd: i32, arg: usize) -> Outcome {
     if !fdtable::active() || !matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC | libc::F_GETFL) {
+        return Outcome::Pass;
+    }
+    if cmd != libc::F_GETFL && fdtable::foreign_process() {
         return Outcome::Pass;
     }
     let Some(target) = emulated(fd) else {
@@ -268,7 +273,7 @@ pub fn ioctl(fd: i32, request: u64, arg: usize) -> Outcome {
     if GENERIC_IOCTLS.contains(&cmd) {
         return Outcome::Pass;
     }
-    Outcome::Done(home::ioctl(&target, cmd, arg as u64))
+    Outcome::Done(home::ioctl(&target, fd, cmd, arg as u64))
 }
 
 /// `read`/`pread` (`offset` given) into the program's `buf`.
@@ -280,6 +285,65 @@ pub fn read(fd: i32, buf: usize, count: usize, offset: Option<i64>) -> Outcome {
 /// file (`proc_fail_nth_write()` ignores it), but a negative one is still refused.
 pub fn write(fd: i32, buf: usize, count: usize, offset: Option<i64>) -> Outcome {
     transfer(fd, Direction::Write, buf, count, offset)
+}
+
+/// Linux's `UIO_MAXIOV`: the most iovecs one vectored call takes.
+const UIO_MAXIOV: i32 = 1024;
+
+/// `readv`/`writev` (`preadv`/`pwritev` with `offset`) on `fd` if it is emulated: each iovec in
+/// turn through the file's `read`/`write`, stopping at the first short transfer, as the
+/// kernel does for a file without `read_iter`/`write_iter`.
+pub fn vectored(
+    fd: i32,
+    direction: Direction,
+    iov: usize,
+    iovcnt: i32,
+    offset: Option<i64>,
+) -> Outcome {
+    if !fdtable::active() {
+        return Outcome::Pass;
+    }
+    let Some(target) = emulated(fd) else {
+        return Outcome::Pass;
+    };
+    Outcome::Done(vectored_transfer(
+        &target, fd, direction, iov, iovcnt, offset,
+    ))
+}
+
+fn vectored_transfer(
+    target: &Target,
+    fd: i32,
+    direction: Direction,
+    iov: usize,
+    iovcnt: i32,
+    offset: Option<i64>,
+) -> SysResult<i64> {
+    if !(0..=UIO_MAXIOV).contains(&iovcnt) {
+        return Err(Errno::EINVAL);
+    }
+    const IOVEC: usize = std::mem::size_of::<libc::iovec>();
+    let mut vectors = vec![0u8; iovcnt as usize * IOVEC];
+    sys::read_user(iov, &mut vectors)?;
+    let mut done: i64 = 0;
+    for vector in vectors.chunks_exact(IOVEC) {
+        const WORD: usize = std::mem::size_of::<usize>();
+        let field =
+            |at: usize| usize::from_ne_bytes(vector[at..at + WORD].try_into().unwrap_or_default());
+        let (base, len) = (field(0), field(WORD));
+        let at = offset.map(|o| o.saturating_add(done));
+        match file_transfer(target, fd, direction, base, len, at) {
+            Ok(n) => {
+                done += n;
+                if (n as usize) < len {
+                    break;
+                }
+            }
+            Err(err) if done == 0 => return Err(err),
+            Err(_) => break,
+        }
+    }
+    Ok(done)
 }
 
 /// `read`/`write` in `direction` on `fd` if it is emulated.
@@ -370,4 +434,49 @@ fn write_fail_nth(task: Task, buf: usize, count: usize) -> SysResult<i64> {
     }
     fault::set(task, value);
     Ok(count as i64)
+}
+
+/// `syscall(number, args...)`: the system calls that reach a device through libc's wrappers
+/// are routed to the same decisions as those wrappers (a program that makes its ioctls with
+/// `syscall(SYS_ioctl, ...)` is served as one that calls `ioctl`); everything else passes
+/// through. A call on an emulated descriptor that the library cannot serve is logged once.
+pub fn syscall(number: i64, args: [i64; 6]) -> Outcome {
+    let [a, b, c, d, _, _] = args;
+    let fd = a as i32;
+    match number {
+        libc::SYS_ioctl => ioctl(fd, b as u64, c as usize),
+        libc::SYS_openat => open(Some(fd), b as usize, c as i32),
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_open => open(None, a as usize, b as i32),
+        libc::SYS_close => close(fd),
+        libc::SYS_close_range => close_range(a as u32, b as u32, c as i32),
+        libc::SYS_dup => dup(fd),
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_dup2 => dup3(fd, b as i32, None),
+        libc::SYS_dup3 => dup3(fd, b as i32, Some(c as i32)),
+        libc::SYS_fcntl => fcntl(fd, b as i32, c as usize),
+        libc::SYS_read => read(fd, b as usize, c as usize, None),
+        libc::SYS_write => write(fd, b as usize, c as usize, None),
+        libc::SYS_pread64 => read(fd, b as usize, c as usize, Some(d)),
+        libc::SYS_pwrite64 => write(fd, b as usize, c as usize, Some(d)),
+        libc::SYS_readv => vectored(fd, Direction::Read, b as usize, c as i32, None),
+        libc::SYS_writev => vectored(fd, Direction::Write, b as usize, c as i32, None),
+        libc::SYS_preadv => vectored(fd, Direction::Read, b as usize, c as i32, Some(d)),
+        libc::SYS_pwritev => vectored(fd, Direction::Write, b as usize, c as i32, Some(d)),
+        libc::SYS_preadv2 | libc::SYS_pwritev2 | libc::SYS_mmap => {
+            let fd = if number == libc::SYS_mmap {
+                args[4] as i32
+            } else {
+                fd
+            };
+            if fdtable::active() && emulated(fd).is_some() {
+                crate::log::notice_once(format_args!(
+                    "system call {number} on the emulated descriptor {fd} is not served \
+                     (open, close, dup, fcntl, ioctl, read and write and their variants are)"
+                ));
+            }
+            Outcome::Pass
+        }
+        _ => Outcome::Pass,
+    }
 }

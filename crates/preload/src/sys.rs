@@ -50,6 +50,49 @@ pub fn set_errno(errno: Errno) {
     unsafe { *libc::__errno_location() = errno.raw() };
 }
 
+/// libc's `syscall`: the definition after this library's own (which routes the program's
+/// calls into the shim, and so must never see the library's).
+fn next_syscall_fn() -> Option<unsafe extern "C" fn(libc::c_long, ...) -> libc::c_long> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static SLOT: AtomicUsize = AtomicUsize::new(0);
+    let mut address = SLOT.load(Ordering::Relaxed);
+    if address == 0 {
+        // SAFETY: a NUL-terminated symbol name; RTLD_NEXT searches the objects after this one.
+        address = unsafe { libc::dlsym(libc::RTLD_NEXT, c"syscall".as_ptr()) } as usize;
+        SLOT.store(address, Ordering::Relaxed);
+    }
+    if address == 0 {
+        return None;
+    }
+    type Syscall = unsafe extern "C" fn(libc::c_long, ...) -> libc::c_long;
+    // SAFETY: `address` is the non-null address of libc's `syscall`, of this prototype.
+    Some(unsafe { std::mem::transmute::<usize, Syscall>(address) })
+}
+
+/// Call libc's `syscall` (see [`next_syscall_fn`]); `ENOSYS` if there is none.
+macro_rules! next_syscall {
+    ($($arg:expr),+ $(,)?) => {
+        match next_syscall_fn() {
+            Some(function) => function($($arg),+),
+            None => {
+                set_errno(ENOSYS);
+                -1
+            }
+        }
+    };
+}
+
+/// Call libc's `syscall` with the program's own seven arguments (the exported `syscall`
+/// passes through what it does not serve).
+///
+/// # Safety
+/// The arguments must be the program's own, as it passed them to `syscall`.
+pub unsafe fn forward_syscall(number: libc::c_long, args: [libc::c_long; 6]) -> libc::c_long {
+    let [a, b, c, d, e, f] = args;
+    // SAFETY: forwarded under the caller's promise.
+    unsafe { next_syscall!(number, a, b, c, d, e, f) }
+}
+
 fn check(ret: libc::c_long) -> SysResult<libc::c_long> {
     if ret < 0 {
         Err(last_errno())
@@ -61,7 +104,7 @@ fn check(ret: libc::c_long) -> SysResult<libc::c_long> {
 /// `close(fd)`.
 pub fn close(fd: i32) -> SysResult<()> {
     // SAFETY: closes a descriptor number; no memory is involved.
-    check(unsafe { libc::syscall(libc::SYS_close, fd) }).map(drop)
+    check(unsafe { next_syscall!(libc::SYS_close, fd) }).map(drop)
 }
 
 /// `fcntl(fd, cmd, arg)` for the integer-argument commands (`F_DUPFD*`, `F_GETFD`,
@@ -72,7 +115,7 @@ pub fn fcntl(fd: i32, cmd: i32, arg: libc::c_long) -> SysResult<i32> {
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC | libc::F_GETFD | libc::F_SETFD | libc::F_GETFL
     ));
     // SAFETY: the commands allowed above take an integer argument and touch no memory.
-    check(unsafe { libc::syscall(libc::SYS_fcntl, fd, cmd, arg) }).map(|v| v as i32)
+    check(unsafe { next_syscall!(libc::SYS_fcntl, fd, cmd, arg) }).map(|v| v as i32)
 }
 
 /// `dup(fd)`.
@@ -86,13 +129,13 @@ pub fn dup3(old: i32, new: i32, flags: i32) -> SysResult<i32> {
         return fcntl(old, libc::F_GETFD, 0).map(|_| new);
     }
     // SAFETY: descriptor numbers and flags only.
-    check(unsafe { libc::syscall(libc::SYS_dup3, old, new, flags) }).map(|v| v as i32)
+    check(unsafe { next_syscall!(libc::SYS_dup3, old, new, flags) }).map(|v| v as i32)
 }
 
 /// `close_range(first, last, flags)`.
 pub fn close_range(first: u32, last: u32, flags: u32) -> SysResult<()> {
     // SAFETY: descriptor numbers and flags only.
-    check(unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) }).map(drop)
+    check(unsafe { next_syscall!(libc::SYS_close_range, first, last, flags) }).map(drop)
 }
 
 /// `pipe2(O_CLOEXEC)`: (read end, write end).
@@ -125,44 +168,26 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> SysResult<usize> {
     }
 }
 
-/// Whether the read end of a pipe reports hang-up: no write end is open anywhere. A read end
-/// that is no longer open (`POLLNVAL`) cannot keep anything alive either, and counts as hung up.
-pub fn pipe_hung_up(read_end: i32) -> bool {
-    let mut fds = [libc::pollfd {
-        fd: read_end,
-        events: 0,
-        revents: 0,
-    }];
-    poll(&mut fds, 0).is_ok() && fds[0].revents & (libc::POLLHUP | libc::POLLNVAL) != 0
-}
-
 /// `read(fd, buf)` on one of the library's own descriptors.
 pub fn read(fd: i32, buf: &mut [u8]) -> SysResult<usize> {
     // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes.
-    check(unsafe { libc::syscall(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len()) })
+    check(unsafe { next_syscall!(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len()) })
         .map(|n| n as usize)
 }
 
 /// `write(fd, data)` on one of the library's own descriptors.
 pub fn write(fd: i32, data: &[u8]) -> SysResult<usize> {
     // SAFETY: `data` is a live buffer of `data.len()` bytes the kernel only reads.
-    check(unsafe { libc::syscall(libc::SYS_write, fd, data.as_ptr(), data.len()) })
+    check(unsafe { next_syscall!(libc::SYS_write, fd, data.as_ptr(), data.len()) })
         .map(|n| n as usize)
 }
 
-/// `openat(AT_FDCWD, path, flags, mode)` for the library's own files.
+/// `openat(AT_FDCWD, path, flags, mode)` for the library's own files (the caller chooses
+/// whether `O_CLOEXEC` is in `flags`).
 pub fn open(path: &std::ffi::CStr, flags: i32, mode: u32) -> SysResult<i32> {
     // SAFETY: `path` is a live NUL-terminated string the kernel only reads.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_openat,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            flags | libc::O_CLOEXEC,
-            mode,
-        )
-    })
-    .map(|fd| fd as i32)
+    check(unsafe { next_syscall!(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), flags, mode,) })
+        .map(|fd| fd as i32)
 }
 
 /// `mkdir(path, mode)`; an existing directory is success.
@@ -289,99 +314,120 @@ pub fn read_user_cstr(addr: usize, max: usize) -> SysResult<Vec<u8>> {
     Err(ENAMETOOLONG)
 }
 
-/// A `SOCK_SEQPACKET` UNIX socket address in the abstract namespace.
-fn abstract_address(name: &[u8]) -> SysResult<(libc::sockaddr_un, libc::socklen_t)> {
-    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    if name.len() + 1 > addr.sun_path.len() {
-        return Err(ENAMETOOLONG);
-    }
-    // sun_path[0] stays 0: the abstract namespace.
-    for (slot, &byte) in addr.sun_path[1..].iter_mut().zip(name) {
-        *slot = byte as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sa_family_t>() + 1 + name.len();
-    Ok((addr, len as libc::socklen_t))
-}
-
-fn seqpacket_socket() -> SysResult<i32> {
-    // SAFETY: integer arguments only.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-    check(fd.into()).map(|fd| fd as i32)
-}
-
-/// A listening `SOCK_SEQPACKET` socket bound to the abstract `name`.
-pub fn listen_abstract(name: &[u8]) -> SysResult<i32> {
-    let (addr, len) = abstract_address(name)?;
-    let fd = seqpacket_socket()?;
-    // SAFETY: `addr` is a live sockaddr_un of which the kernel reads `len` bytes.
-    let bound = unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len) };
-    let bound = check(bound.into()).and_then(|_| {
-        // SAFETY: integer arguments only.
-        let listening = unsafe { libc::listen(fd, 64) };
-        check(listening.into())
-    });
-    match bound {
-        Ok(_) => Ok(fd),
-        Err(err) => {
-            let _ = close(fd);
-            Err(err)
-        }
-    }
-}
-
-/// A `SOCK_SEQPACKET` socket connected to the abstract `name`.
-pub fn connect_abstract(name: &[u8]) -> SysResult<i32> {
-    let (addr, len) = abstract_address(name)?;
-    let fd = seqpacket_socket()?;
-    loop {
-        // SAFETY: `addr` is a live sockaddr_un of which the kernel reads `len` bytes.
-        let ret = unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) };
-        match check(ret.into()) {
-            Ok(_) => return Ok(fd),
-            Err(EINTR) => continue,
-            Err(err) => {
-                let _ = close(fd);
-                return Err(err);
-            }
-        }
-    }
-}
-
-/// `accept4(fd, SOCK_CLOEXEC)`.
-pub fn accept(fd: i32) -> SysResult<i32> {
-    let null = std::ptr::null_mut();
-    // SAFETY: null address pointers ask the kernel not to report the peer address.
-    let accepted = unsafe { libc::accept4(fd, null, null.cast(), libc::SOCK_CLOEXEC) };
-    check(accepted.into()).map(|fd| fd as i32)
-}
-
-/// The (pid, uid) of the process that connected the socket `fd` (`SO_PEERCRED`).
-pub fn peer_credentials(fd: i32) -> SysResult<(u32, u32)> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are live and writable; the kernel writes at most `len` bytes.
-    let ret = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    check(ret.into())?;
-    Ok((cred.pid as u32, cred.uid))
-}
-
 /// Control-message buffer big enough for one descriptor, aligned for `cmsghdr`.
 #[repr(C, align(8))]
 struct FdControl([u8; 64]);
+
+/// A connected `SOCK_SEQPACKET` UNIX socket pair, close-on-exec: no name, so only the
+/// processes that hold one end (by inheritance or by `SCM_RIGHTS`) can reach the other.
+pub fn seqpacket_pair() -> SysResult<(i32, i32)> {
+    let mut fds = [-1i32; 2];
+    // SAFETY: `fds` is a live array of two ints the kernel fills.
+    let ret = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    check(ret.into())?;
+    Ok((fds[0], fds[1]))
+}
+
+fn set_socket_option<T>(fd: i32, option: i32, value: &T) -> SysResult<()> {
+    // SAFETY: `value` is a live `T` of which the kernel reads `size_of::<T>()` bytes.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    check(ret.into()).map(drop)
+}
+
+/// `SO_PASSCRED`: every message received on `fd` carries the sender's credentials, as the
+/// kernel saw them at `sendmsg`.
+pub fn pass_credentials(fd: i32) -> SysResult<()> {
+    set_socket_option(fd, libc::SO_PASSCRED, &1i32)
+}
+
+/// `SO_RCVTIMEO` and `SO_SNDTIMEO`: a receive, or a send into a full buffer, on `fd` gives
+/// up with `EAGAIN` after `seconds`.
+pub fn transfer_timeout(fd: i32, seconds: i64) -> SysResult<()> {
+    let timeout = libc::timeval {
+        tv_sec: seconds,
+        tv_usec: 0,
+    };
+    set_socket_option(fd, libc::SO_RCVTIMEO, &timeout)?;
+    set_socket_option(fd, libc::SO_SNDTIMEO, &timeout)
+}
+
+/// A sender's credentials, from `SCM_CREDENTIALS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    /// The sending process.
+    pub pid: u32,
+    /// Its real user id.
+    pub uid: u32,
+}
+
+/// A `inotify` instance, non-blocking and close-on-exec.
+pub fn inotify() -> SysResult<i32> {
+    // SAFETY: integer arguments only.
+    check(unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) }.into())
+        .map(|fd| fd as i32)
+}
+
+/// Watch the inode `path` names (following links) for the close of any open file on it.
+pub fn watch_closes(inotify: i32, path: &std::ffi::CStr) -> SysResult<i32> {
+    // SAFETY: `path` is a live NUL-terminated string the kernel only reads.
+    let ret = unsafe {
+        libc::inotify_add_watch(
+            inotify,
+            path.as_ptr(),
+            libc::IN_CLOSE_WRITE | libc::IN_CLOSE_NOWRITE,
+        )
+    };
+    check(ret.into()).map(|wd| wd as i32)
+}
+
+/// Remove watch `wd`.
+pub fn unwatch(inotify: i32, wd: i32) {
+    // SAFETY: integer arguments only.
+    unsafe { libc::inotify_rm_watch(inotify, wd) };
+}
+
+/// The watches with a close event queued on `inotify` (non-blocking: none when empty).
+pub fn closed_watches(inotify: i32) -> Vec<i32> {
+    const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
+    let mut closed = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(len) = read(inotify, &mut buf) {
+        let mut at = 0;
+        while at + HEADER <= len {
+            let field = |offset: usize| {
+                u32::from_ne_bytes(
+                    buf[at + offset..at + offset + 4]
+                        .try_into()
+                        .unwrap_or_default(),
+                )
+            };
+            let (wd, mask, name_len) = (field(0) as i32, field(4), field(12) as usize);
+            if mask & (libc::IN_CLOSE_WRITE | libc::IN_CLOSE_NOWRITE) != 0 {
+                closed.push(wd);
+            }
+            at += HEADER + name_len;
+        }
+        if len == 0 {
+            break;
+        }
+    }
+    closed
+}
 
 /// Send one message, optionally passing the descriptor `pass` with `SCM_RIGHTS`.
 pub fn send_message(fd: i32, data: &[u8], pass: Option<i32>) -> SysResult<()> {
@@ -423,6 +469,15 @@ pub fn send_message(fd: i32, data: &[u8], pass: Option<i32>) -> SysResult<()> {
 /// Receive one message into `buf`: its length (0 at end of stream) and the descriptor passed
 /// with it, if any (installed close-on-exec).
 pub fn receive_message(fd: i32, buf: &mut [u8]) -> SysResult<(usize, Option<i32>)> {
+    receive_message_from(fd, buf).map(|(len, passed, _)| (len, passed))
+}
+
+/// [`receive_message`], with the sender's credentials when `fd` has [`pass_credentials`] on.
+/// Of several descriptors passed at once, all but the first are closed.
+pub fn receive_message_from(
+    fd: i32,
+    buf: &mut [u8],
+) -> SysResult<(usize, Option<i32>, Option<Credentials>)> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -444,27 +499,37 @@ pub fn receive_message(fd: i32, buf: &mut [u8]) -> SysResult<(usize, Option<i32>
         }
     };
     let mut passed = None;
+    let mut credentials = None;
     // SAFETY: the kernel filled `msg_controllen` bytes of `control`; the CMSG macros walk
-    // only within that length, and SCM_RIGHTS data holds whole ints.
+    // only within that length; SCM_RIGHTS data holds whole ints and SCM_CREDENTIALS a ucred.
     unsafe {
         let mut header = libc::CMSG_FIRSTHDR(&msg);
         while !header.is_null() {
+            let data = libc::CMSG_DATA(header);
+            let data_len = (*header).cmsg_len as usize - (data as usize - header as usize);
             if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS {
-                passed = Some(std::ptr::read_unaligned(
-                    libc::CMSG_DATA(header).cast::<i32>(),
-                ));
+                for index in 0..data_len / std::mem::size_of::<i32>() {
+                    let fd = std::ptr::read_unaligned(data.cast::<i32>().add(index));
+                    if passed.is_none() {
+                        passed = Some(fd);
+                    } else {
+                        let _ = close(fd);
+                    }
+                }
+            } else if (*header).cmsg_level == libc::SOL_SOCKET
+                && (*header).cmsg_type == libc::SCM_CREDENTIALS
+                && data_len >= std::mem::size_of::<libc::ucred>()
+            {
+                let cred = std::ptr::read_unaligned(data.cast::<libc::ucred>());
+                credentials = Some(Credentials {
+                    pid: cred.pid as u32,
+                    uid: cred.uid,
+                });
             }
             header = libc::CMSG_NXTHDR(&msg, header);
         }
     }
-    Ok((len, passed))
-}
-
-/// An `eventfd` (close-on-exec, non-blocking) to wake a poll loop.
-pub fn eventfd() -> SysResult<i32> {
-    // SAFETY: integer arguments only.
-    check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) }.into())
-        .map(|fd| fd as i32)
+    Ok((len, passed, credentials))
 }
 
 /// Register fork handlers (`pthread_atfork`).

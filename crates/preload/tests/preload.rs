@@ -140,6 +140,11 @@ fn faults_make_a_fork_child_s_fault_fd_readable() {
 }
 
 #[test]
+fn a_fork_child_s_fault_fd_stays_pollable_after_the_parent_closes_its_copy() {
+    fault_check("fork-parent-closed");
+}
+
+#[test]
 fn a_fault_fd_is_released_on_last_close_after_an_automatic_response() {
     fault_check("close");
 }
@@ -343,4 +348,145 @@ fn fortified_and_lfs_symbols_are_served() {
     assert_eq!(text(&out.stdout), "ok\n", "stderr: {}", text(&out.stderr));
     assert!(out.status.success());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Run one `isolation` check; it prints what it measured, then `ok NAME`. Returns stdout.
+fn isolation_check(name: &str, env: &[(&str, &Path)]) -> (String, String) {
+    let out = run_preloaded(&example("isolation"), &[name], env);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l == format!("ok {name}")),
+        "isolation {name}: {:?}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status,
+    );
+    (stdout, stderr)
+}
+
+#[test]
+fn forged_requests_and_a_child_that_changed_uid_get_nothing() {
+    let (stdout, _) = isolation_check("forged-requests", &[]);
+    assert!(
+        stdout.contains("forged requests refused: 3 of 3"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_grandchild_is_served_over_the_channel_its_parent_handed_the_home() {
+    isolation_check("grandchild", &[]);
+}
+
+#[test]
+fn a_silent_child_does_not_stall_another_child_and_loses_its_channel() {
+    isolation_check("silent-peer", &[]);
+}
+
+#[test]
+fn dup2_onto_a_number_in_use_is_atomic_for_ioctls() {
+    let (stdout, _) = isolation_check("dup2-race", &[]);
+    assert!(stdout.contains(" 0 ENOTTY"), "{stdout}");
+}
+
+#[test]
+fn a_vfork_child_s_close_leaves_the_parent_s_descriptor_alone() {
+    isolation_check("vfork-close", &[]);
+}
+
+#[test]
+fn each_emulated_file_costs_one_descriptor() {
+    isolation_check("fd-count", &[]);
+}
+
+#[test]
+fn calls_through_syscall_are_served_and_unservable_ones_reported_once() {
+    let (_, quiet) = isolation_check("through-syscall", &[]);
+    assert_eq!(quiet, "", "no notice on stderr unless uiommu run asks");
+    let (_, stderr) = isolation_check("through-syscall", &[("UIOMMU_NOTICES", Path::new("1"))]);
+    assert_eq!(
+        stderr.matches("is not served").count(),
+        1,
+        "one notice for two unservable calls: {stderr}"
+    );
+}
+
+/// The UNIX socket inodes in process `pid`'s descriptor table.
+fn socket_inodes(pid: &str) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|entry| {
+                let link = std::fs::read_link(entry.ok()?.path()).ok()?;
+                let link = link.to_str()?;
+                Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+            })
+            .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn unrelated_processes_of_any_uid_find_nothing_to_connect_to() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let mut program = Command::new(example("isolation"))
+        .arg("hold")
+        .env("LD_PRELOAD", library())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the held program");
+    let mut stdout = BufReader::new(program.stdout.take().expect("stdout"));
+    let mut ready = String::new();
+    stdout.read_line(&mut ready).expect("ready line");
+    let pids: Vec<String> = ready.split_whitespace().skip(1).map(String::from).collect();
+    assert_eq!(pids.len(), 2, "{ready}");
+    let inodes: Vec<String> = pids.iter().flat_map(|pid| socket_inodes(pid)).collect();
+    // The forked program holds its channel (one socket in each process) ...
+    assert!(inodes.len() >= 2, "no channel found: {inodes:?}");
+    // ... and none of its sockets has a name or listens: nothing another process could reach.
+    let table = std::fs::read_to_string("/proc/net/unix").expect("/proc/net/unix");
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields
+            .get(6)
+            .is_some_and(|inode| inodes.iter().any(|i| i == inode))
+        {
+            let flags = u32::from_str_radix(fields[3], 16).expect("flags");
+            assert_eq!(fields.get(7), None, "a named socket of the program: {line}");
+            assert_eq!(
+                flags & 0x10000,
+                0,
+                "a listening socket of the program: {line}"
+            );
+        }
+    }
+    // Unrelated processes, of the program's uid and of another, try every named one.
+    for uid in [None, Some(65534)] {
+        let mut attacker = Command::new(example("isolation"));
+        attacker
+            .arg("connect-any")
+            .args(&inodes)
+            .env("LD_PRELOAD", library());
+        if let Some(uid) = uid {
+            attacker.uid(uid).gid(uid);
+        }
+        let out = attacker.output().expect("run the attacker");
+        let said = text(&out.stdout);
+        assert!(
+            out.status.success() && said.contains(" 0 connections"),
+            "uid {uid:?}: {said}{}",
+            text(&out.stderr)
+        );
+    }
+    program
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"done\n")
+        .expect("release the program");
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stdout, &mut rest);
+    assert!(program.wait().expect("wait").success(), "{rest}");
+    assert!(rest.contains("ok hold"), "{rest}");
 }
