@@ -42,6 +42,9 @@ pub struct Iommufd {
     pub(crate) selftest: crate::selftest::HookSlot,
     /// Where files returned by ioctls get their numbers, see [`crate::file`]; set once.
     pub(crate) files: crate::file::InstallerSlot,
+    /// The [`KernelVersion`](crate::version::KernelVersion) answered as, see
+    /// [`crate::version`].
+    pub(crate) kernel_version: std::sync::atomic::AtomicU8,
 }
 
 impl Iommufd {
@@ -51,6 +54,9 @@ impl Iommufd {
             core,
             selftest: Default::default(),
             files: Default::default(),
+            kernel_version: std::sync::atomic::AtomicU8::new(
+                crate::version::KernelVersion::default().to_raw(),
+            ),
         })
     }
 

@@ -11,7 +11,8 @@
 //! * the seams to the host: [`user_memory`] (the caller's memory; [`process_memory`] is the
 //!   in-process implementation, [`shared_alias`] keeps its pinned shared pages reachable) and
 //!   [`file`](mod@file) (files such as fault queues that become fds);
-//! * [`abi`] (the uAPI structs), [`errno`], and [`failpoint`] (fail-nth fault injection).
+//! * [`abi`] (the uAPI structs), [`errno`], [`failpoint`] (fail-nth fault injection), and
+//!   [`version`] (which Linux, 6.12 or 7.3, the answers follow).
 //!
 //! The crate is a client of the IOMMU core (`uiommu-core`): it binds devices, claims their DMA
 //! ownership and allocates domains only through it. It does not know the mock driver, which
@@ -47,4 +48,5 @@ pub mod shared_alias;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod user_memory;
+pub mod version;
 pub mod vfio_compat;

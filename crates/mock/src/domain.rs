@@ -44,6 +44,9 @@ pub struct PageTableEntry {
 #[derive(Debug)]
 pub struct MockPagingDomain {
     table: Mutex<BTreeMap<u64, PageTableEntry>>,
+    /// The page sizes offered (`pgsize_bitmap`).
+    page_sizes: u64,
+    /// Pages larger than [`MOCK_IO_PAGE_SIZE`] are offered.
     huge_pages: bool,
     dirty_capable: bool,
     dirty_tracking: AtomicBool,
@@ -54,13 +57,14 @@ pub struct MockPagingDomain {
 
 impl MockPagingDomain {
     pub(crate) fn new(
-        huge_pages: bool,
+        page_sizes: u64,
         dirty_capable: bool,
         devices: DeviceTable,
     ) -> MockPagingDomain {
         MockPagingDomain {
             table: Mutex::new(BTreeMap::new()),
-            huge_pages,
+            page_sizes,
+            huge_pages: page_sizes != MOCK_IO_PAGE_SIZE,
             dirty_capable,
             dirty_tracking: AtomicBool::new(false),
             unmap_violations: AtomicU64::new(0),
@@ -119,11 +123,7 @@ impl DomainOps for MockPagingDomain {
     }
 
     fn pgsize_bitmap(&self) -> u64 {
-        if self.huge_pages {
-            MOCK_IO_PAGE_SIZE | MOCK_HUGE_PAGE_SIZE
-        } else {
-            MOCK_IO_PAGE_SIZE
-        }
+        self.page_sizes
     }
 
     fn aperture(&self) -> Aperture {

@@ -40,6 +40,7 @@ use uiommu_iommufd::object::{ObjId, ObjRef, ObjectKind, ObjectPayload, UsersRef}
 use uiommu_iommufd::pages::{page_pin_count, RwBuf};
 use uiommu_iommufd::selftest::SelftestHook;
 use uiommu_iommufd::user_memory::{UserMemory, UserVa, PAGE_SIZE};
+use uiommu_iommufd::version::KernelVersion;
 
 use crate::domain::{MockNestedDomain, MockPagingDomain};
 use crate::driver::{MockDeviceFlags, MockIommu};
@@ -104,6 +105,7 @@ impl SelftestHook for MockSelftest {
             IOMMU_TEST_OP_MD_CHECK_MAP => check_map(call, &cmd),
             IOMMU_TEST_OP_MD_CHECK_REFS => check_refs(call, &cmd),
             IOMMU_TEST_OP_MD_CHECK_IOTLB => check_iotlb(call, &cmd),
+            IOMMU_TEST_OP_DEV_CHECK_CACHE if since_7_3(call) => self.check_dev_cache(call, &cmd),
             IOMMU_TEST_OP_CREATE_ACCESS => create_access(call, ucmd),
             IOMMU_TEST_OP_ACCESS_REPLACE_IOAS => access_replace_ioas(call, &cmd),
             IOMMU_TEST_OP_ACCESS_PAGES => access_pages(call, ucmd),
@@ -223,6 +225,19 @@ impl MockSelftest {
 
     /// `IOMMU_TEST_OP_TRIGGER_IOPF` (`iommufd_test_trigger_iopf()`): report a last-page request
     /// from a mock device. The report's outcome is not returned, as in Linux.
+    /// `IOMMU_TEST_OP_DEV_CHECK_CACHE` (`iommufd_test_dev_check_cache()`): `cmd.id` is a
+    /// DEVICE id; the slot must exist and hold the expected value.
+    fn check_dev_cache(&self, call: &Call, cmd: &IommuTestCmd) -> Result<(), Errno> {
+        let args = cmd.payload::<TestCheckDevCache>();
+        let idev = call.ctx.objects().get::<Device>(ObjId(cmd.id))?;
+        let name = device_name(idev.core(), idev.dev()).ok_or(Errno::EINVAL)?;
+        if args.id > MOCK_DEV_CACHE_ID_MAX || self.mock.device_cache(&name, args.id) != Some(args.cache)
+        {
+            return Err(Errno::EINVAL);
+        }
+        Ok(())
+    }
+
     fn trigger_iopf(&self, call: &Call, cmd: &IommuTestCmd) -> Result<(), Errno> {
         let args = cmd.payload::<TestTriggerIopf>();
         let idev = call.ctx.objects().get::<Device>(ObjId(args.dev_id))?;
@@ -247,6 +262,18 @@ impl MockSelftest {
 }
 
 /// Whether `dev` sits on the mock bus (`iommufd_selftest_is_mock_dev()`).
+/// Test ops that Linux 7.3 has and 6.12 does not answer `EOPNOTSUPP` under 6.12.
+fn since_7_3(call: &Call) -> bool {
+    call.kernel_version() >= KernelVersion::V7_3
+}
+
+fn device_name(core: &IommuCore, dev: DeviceId) -> Option<String> {
+    core.devices()
+        .into_iter()
+        .find(|d| d.id == dev && d.bus == BusKind::Mock)
+        .map(|d| d.name)
+}
+
 fn is_mock_device(core: &IommuCore, dev: DeviceId) -> bool {
     core.devices()
         .iter()
@@ -436,14 +463,22 @@ fn dirty(call: &Call, ucmd: &mut Ucmd<'_, IommuTestCmd>) -> Result<(), Errno> {
         .read(UserVa(args.uptr), &mut bitmap)
         .map_err(|_| Errno::EFAULT)?;
     let mut count = 0u64;
+    let v7_3 = since_7_3(call);
     for i in 0..bits {
         if bitmap[(i / 8) as usize] & (1 << (i % 8)) == 0 {
             continue;
         }
         let cur = args.iova.wrapping_add(i.wrapping_mul(args.page_size));
-        let index = cur / args.page_size;
-        if table.mark_dirty(Iova(index.wrapping_mul(MOCK_IO_PAGE_SIZE))) {
+        if v7_3 {
+            // 7.3 sets the dirty bit of the PTE translating `cur` and counts every set bit.
+            table.mark_dirty(Iova(cur));
             count += 1;
+        } else {
+            // 6.12 marks the entry of mock page `cur / page_size` and counts only mapped ones.
+            let index = cur / args.page_size;
+            if table.mark_dirty(Iova(index.wrapping_mul(MOCK_IO_PAGE_SIZE))) {
+                count += 1;
+            }
         }
     }
     args.out_nr_dirty = count;
