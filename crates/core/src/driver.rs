@@ -289,6 +289,48 @@ pub trait IommuOps: Send + Sync + fmt::Debug {
     fn max_pasids(&self, _dev: &DeviceInfo<'_>) -> u32 {
         0
     }
+
+    /// Whether the IOMMU serving `dev` offers virtual IOMMUs of `viommu_type` (Linux: a
+    /// non-zero `get_viommu_size()`).
+    fn viommu_supported(&self, _dev: &DeviceInfo<'_>, _viommu_type: u32) -> bool {
+        false
+    }
+
+    /// Create a virtual IOMMU of `viommu_type` for `dev` over the nesting parent `parent`
+    /// (Linux `viommu_init()`). `data` is the user's driver data (`data_uptr`/`data_len`), which
+    /// the driver reads and may fill in; the caller copies it back.
+    ///
+    /// # Errors
+    /// [`crate::CoreError::NotSupported`] by default; the driver's checks of `data`.
+    fn viommu_init(
+        &self,
+        _dev: &DeviceInfo<'_>,
+        _viommu_type: u32,
+        _parent: &Arc<Domain>,
+        _data: Option<&mut [u8]>,
+    ) -> Result<Box<dyn ViommuOps>> {
+        Err(crate::CoreError::NotSupported)
+    }
+}
+
+/// A virtual IOMMU's driver half (Linux `struct iommufd_viommu_ops`): what the driver does for
+/// a guest's commands to its vIOMMU. Dropping it is the driver's `destroy`.
+pub trait ViommuOps: Send + Sync + fmt::Debug {
+    /// Handle `entries` (`entry_len` bytes each) of user cache-invalidation requests of
+    /// `data_type` (Linux `cache_invalidate`); `find_dev` resolves a virtual device id of this
+    /// vIOMMU to its device. Returns how many entries were handled and the result.
+    fn cache_invalidate(
+        &self,
+        _data_type: u32,
+        _entry_len: u32,
+        _entries: &[u8],
+        _find_dev: &dyn Fn(u64) -> Option<DeviceId>,
+    ) -> (u32, Result<()>) {
+        (0, Err(crate::CoreError::NotSupported))
+    }
+
+    /// For drivers: downcasting to their own type.
+    fn as_any(&self) -> &dyn Any;
 }
 
 /// A domain's operations (Linux `struct iommu_domain_ops`). Page-size splitting, alignment

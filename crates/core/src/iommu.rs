@@ -679,6 +679,29 @@ impl IommuCore {
             .unwrap_or(0)
     }
 
+    /// Whether the IOMMU serving `dev` offers vIOMMUs of `viommu_type`.
+    pub fn viommu_supported(&self, dev: DeviceId, viommu_type: u32) -> bool {
+        let st = self.lock();
+        st.with_driver(dev, |ops, info| ops.viommu_supported(info, viommu_type))
+            .unwrap_or(false)
+    }
+
+    /// Create a vIOMMU for `dev` over `parent` (Linux `ops->viommu_init()`), see
+    /// [`IommuOps::viommu_init`].
+    ///
+    /// # Errors
+    /// `dev` has no IOMMU; the driver's error.
+    pub fn viommu_init(
+        &self,
+        dev: DeviceId,
+        viommu_type: u32,
+        parent: &Arc<Domain>,
+        data: Option<&mut [u8]>,
+    ) -> Result<Box<dyn crate::driver::ViommuOps>> {
+        let st = self.lock();
+        st.with_driver(dev, |ops, info| ops.viommu_init(info, viommu_type, parent, data))?
+    }
+
     /// Every present device, in the order they were added.
     pub fn devices(&self) -> Vec<DeviceReport> {
         let st = self.lock();

@@ -453,6 +453,44 @@ uapi! {
         /// Output: the new fault fd.
         pub out_fault_fd: u32,
     }
+
+    /// `struct iommu_viommu_alloc` (40 bytes), for [`IOMMU_VIOMMU_ALLOC`]. Min size 24
+    /// (`out_viommu_id`).
+    pub struct IommuViommuAlloc {
+        /// `sizeof` the caller's struct.
+        pub size: u32,
+        /// Must be 0.
+        pub flags: u32,
+        /// `IOMMU_VIOMMU_TYPE_*` (C: `type`).
+        pub viommu_type: u32,
+        /// The DEVICE whose IOMMU backs the vIOMMU.
+        pub dev_id: u32,
+        /// The nesting-parent paging HWPT.
+        pub hwpt_id: u32,
+        /// Output: the new vIOMMU object id.
+        pub out_viommu_id: u32,
+        /// Bytes of driver data at `data_uptr` (in and out).
+        pub data_len: u32,
+        /// Must be 0 (not checked by Linux).
+        pub reserved: u32,
+        /// User pointer to the driver data.
+        pub data_uptr: u64,
+    }
+
+    /// `struct iommu_vdevice_alloc` (24 bytes), for [`IOMMU_VDEVICE_ALLOC`]. Min size 24
+    /// (`virt_id`).
+    pub struct IommuVdeviceAlloc {
+        /// `sizeof` the caller's struct.
+        pub size: u32,
+        /// The vIOMMU.
+        pub viommu_id: u32,
+        /// The DEVICE.
+        pub dev_id: u32,
+        /// Output: the new vDEVICE object id.
+        pub out_vdevice_id: u32,
+        /// The device's id as the guest sees it (a stream id, a device id…).
+        pub virt_id: u64,
+    }
 }
 
 impl IommuHwInfo {

@@ -275,6 +275,20 @@ static OPS: &[IoctlOp<Call>] = &[
         out_fault_fd
     ),
     op!(
+        IOMMU_VIOMMU_ALLOC,
+        crate::viommu::viommu_alloc,
+        IommuViommuAlloc,
+        out_viommu_id
+    )
+    .only_if(crate::version::since_7_3),
+    op!(
+        IOMMU_VDEVICE_ALLOC,
+        crate::viommu::vdevice_alloc,
+        IommuVdeviceAlloc,
+        virt_id
+    )
+    .only_if(crate::version::since_7_3),
+    op!(
         IOMMU_TEST_CMD,
         crate::selftest::test_cmd,
         IommuTestCmd,

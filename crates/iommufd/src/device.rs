@@ -182,6 +182,9 @@ pub struct Device {
     enforce_cache_coherency: bool,
     /// Page requests of groups whose last request has not come yet (`fault_param->partial`).
     partial: Mutex<Vec<PageRequest>>,
+    /// The device's vDEVICE, if one exists (`idev->vdev`), see [`crate::viommu`]; the vDEVICE
+    /// clears it when it goes. Its mutex is a leaf.
+    pub(crate) vdev: Arc<Mutex<Option<ObjId>>>,
 }
 
 impl fmt::Debug for Device {
@@ -229,6 +232,14 @@ impl Device {
     /// `domain->owner` with the device's ops; uiommu compares instances).
     pub(crate) fn served_by(&self, domain: &Domain) -> bool {
         matches!(self.core.probe_state(self.dev), Ok(ProbeState::Bound { instance, .. }) if instance == domain.instance())
+    }
+
+    /// The IOMMU instance serving the device (`iommufd_device_get_iommu_dev()`).
+    pub(crate) fn iommu_instance(&self) -> Option<uiommu_core::InstanceId> {
+        match self.core.probe_state(self.dev) {
+            Ok(ProbeState::Bound { instance, .. }) => Some(instance),
+            _ => None,
+        }
     }
 
     fn enforce_reserved(&self, ioas: &Ioas) -> Result<(), Errno> {
@@ -489,6 +500,7 @@ pub fn bind(ctx: &IommufdCtx, dev: DeviceId) -> Result<DeviceBinding, Errno> {
         group,
         enforce_cache_coherency: core.capable(dev, Capability::EnforceCacheCoherency),
         partial: Mutex::new(Vec::new()),
+        vdev: Arc::default(),
     });
     Ok(DeviceBinding {
         device,

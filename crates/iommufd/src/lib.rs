@@ -4,7 +4,8 @@
 //! caller's struct and answers with Linux's exact semantics and errno order. Behind it:
 //! * the dispatcher and its one table ([`ioctl`], the table itself in [`ctx`]);
 //! * the object table with two-phase creation and two reference counts ([`object`]);
-//! * one module per object kind: [`ioas`], [`hwpt`], [`device`], [`access`], [`fault`], plus
+//! * one module per object kind: [`ioas`], [`hwpt`], [`device`], [`access`], [`fault`],
+//!   [`viommu`] (vIOMMU and vDEVICE), plus
 //!   [`option`], [`vfio_compat`] and the selftest hook [`selftest`];
 //! * the engines, ignorant of ioctls: [`io_pagetable`] (areas and IOVA allocation) and
 //!   [`pages`] (pinning and accounting);
@@ -50,3 +51,4 @@ pub mod testing;
 pub mod user_memory;
 pub mod version;
 pub mod vfio_compat;
+pub mod viommu;

@@ -91,6 +91,10 @@ pub enum ObjectKind {
     Fault = 6,
     /// The selftest's mock device object (`IOMMUFD_OBJ_SELFTEST`, test builds only in Linux).
     Selftest = 7,
+    /// A virtual IOMMU on a nesting parent (Linux ≥ 6.13).
+    Viommu = 8,
+    /// A device as a vIOMMU's guest sees it (Linux ≥ 6.13).
+    Vdevice = 9,
 }
 
 impl ObjectKind {
@@ -104,6 +108,8 @@ impl ObjectKind {
             ObjectKind::Access => "ACCESS",
             ObjectKind::Fault => "FAULT",
             ObjectKind::Selftest => "SELFTEST",
+            ObjectKind::Viommu => "VIOMMU",
+            ObjectKind::Vdevice => "VDEVICE",
         }
     }
 }

@@ -6,8 +6,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use uiommu_core::{
     Capability, CoreError, DeviceDesc, DeviceId, DeviceInfo, DomainOps, DomainRequest, DomainType,
-    FwNode, Fwspec, GroupChoice, HwInfo, InstanceId, IommuCore, IommuOps, Result, UserData,
+    Domain, FwNode, Fwspec, GroupChoice, HwInfo, InstanceId, IommuCore, IommuOps, Result, UserData,
+    ViommuOps,
 };
+
+use crate::viommu::{MockViommu, IOMMU_VIOMMU_TYPE_SELFTEST};
 
 use crate::domain::{MockNestedDomain, MockPagingDomain};
 use crate::{
@@ -77,6 +80,8 @@ pub(crate) struct DeviceTable(Arc<Mutex<HashMap<String, MockDeviceState>>>);
 /// What the mock keeps per device (Linux `struct mock_dev`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct MockDeviceState {
+    /// The core's id of the device, once added.
+    pub(crate) id: Option<DeviceId>,
     pub(crate) flags: MockDeviceFlags,
     /// The device's cache tags, cleared by invalidations through a mock vIOMMU.
     pub(crate) cache: [u32; MOCK_DEV_CACHE_NUM],
@@ -85,6 +90,7 @@ pub(crate) struct MockDeviceState {
 impl MockDeviceState {
     fn new(flags: MockDeviceFlags) -> MockDeviceState {
         MockDeviceState {
+            id: None,
             flags,
             cache: [IOMMU_TEST_DEV_CACHE_DEFAULT; MOCK_DEV_CACHE_NUM],
         }
@@ -110,6 +116,18 @@ impl DeviceTable {
         f: impl FnOnce(&mut MockDeviceState) -> R,
     ) -> Option<R> {
         self.lock().get_mut(name).map(f)
+    }
+
+    /// Runs `f` on the state of the mock device `dev`, if it is one.
+    pub(crate) fn with_device<R>(
+        &self,
+        dev: DeviceId,
+        f: impl FnOnce(&mut MockDeviceState) -> R,
+    ) -> Option<R> {
+        self.lock()
+            .values_mut()
+            .find(|state| state.id == Some(dev))
+            .map(f)
     }
 }
 
@@ -167,10 +185,13 @@ impl MockIommu {
             fwnode: self.fwnode.clone(),
             ids: Vec::new(),
         };
-        core.add_device(DeviceDesc::mock(name.clone()), Some(fwspec))
+        let added = core
+            .add_device(DeviceDesc::mock(name.clone()), Some(fwspec))
             .inspect_err(|_| {
                 self.devices.lock().remove(&name);
-            })
+            })?;
+        self.devices.with_state(&name, |state| state.id = Some(added));
+        Ok(added)
     }
 
     /// Remove a mock device from `core` and forget it.
@@ -199,11 +220,6 @@ impl MockIommu {
         self.devices
             .with_state(name, |state| state.cache.get(slot as usize).copied())
             .flatten()
-    }
-
-    /// The devices' table, for the selftest ops that change per-device state.
-    pub(crate) fn device_table(&self) -> &DeviceTable {
-        &self.devices
     }
 
     fn paging_domain(
@@ -344,6 +360,23 @@ impl IommuOps for MockIommu {
             data_type: IOMMU_HW_INFO_TYPE_SELFTEST,
             data,
         })
+    }
+
+    fn viommu_supported(&self, _dev: &DeviceInfo<'_>, viommu_type: u32) -> bool {
+        viommu_type == IOMMU_VIOMMU_TYPE_SELFTEST
+    }
+
+    fn viommu_init(
+        &self,
+        _dev: &DeviceInfo<'_>,
+        viommu_type: u32,
+        _parent: &Arc<Domain>,
+        data: Option<&mut [u8]>,
+    ) -> Result<Box<dyn ViommuOps>> {
+        if viommu_type != IOMMU_VIOMMU_TYPE_SELFTEST {
+            return Err(CoreError::NotSupported);
+        }
+        Ok(Box::new(MockViommu::new(self.devices.clone(), data)?))
     }
 
     fn max_pasids(&self, dev: &DeviceInfo<'_>) -> u32 {

@@ -16,6 +16,7 @@
 mod domain;
 mod driver;
 mod selftest;
+mod viommu;
 
 pub use domain::{MockNestedDomain, MockPagingDomain, PageTableEntry};
 pub use driver::{MockDeviceFlags, MockIommu};

@@ -470,8 +470,12 @@ fn dirty(call: &Call, ucmd: &mut Ucmd<'_, IommuTestCmd>) -> Result<(), Errno> {
         }
         let cur = args.iova.wrapping_add(i.wrapping_mul(args.page_size));
         if v7_3 {
-            // 7.3 sets the dirty bit of the PTE translating `cur` and counts every set bit.
-            table.mark_dirty(Iova(cur));
+            // 7.3 sets the dirty bit of the PTE translating `cur` and counts every set bit. Its
+            // mock page table maps CPU pages with one PTE: mark both 2 KiB halves (a huge
+            // entry is reported whole by the domain anyway).
+            let pte = cur & !(PAGE_SIZE - 1);
+            table.mark_dirty(Iova(pte));
+            table.mark_dirty(Iova(pte + MOCK_IO_PAGE_SIZE));
             count += 1;
         } else {
             // 6.12 marks the entry of mock page `cur / page_size` and counts only mapped ones.

@@ -1,0 +1,257 @@
+//! Virtual IOMMUs and virtual devices (Linux `viommu.c`, 6.13 on): `IOMMU_VIOMMU_ALLOC` and
+//! `IOMMU_VDEVICE_ALLOC`, and the vIOMMU half of `IOMMU_HWPT_INVALIDATE`.
+//!
+//! # Model
+//! * A [`Viommu`] is the host side of one IOMMU a guest sees: it sits on a nesting-parent
+//!   paging HWPT (which it keeps alive) and holds the driver's half ([`ViommuOps`], created by
+//!   the device's IOMMU driver through the core). Its table maps the guest's virtual device ids
+//!   to devices.
+//! * A [`Vdevice`] ties one bound device to one vIOMMU under a virtual id. It keeps its vIOMMU
+//!   alive; the device knows its vDEVICE (`idev->vdev`), so a device has at most one.
+//!
+//! Not yet: HWPT allocation on a vIOMMU, vEVENT queues, HW queues and the vIOMMU's mmap
+//! region (issue 9).
+//!
+//! # Locking
+//! A vIOMMU's `vdevs` mutex and a device's `vdev` slot are leaves; the driver's
+//! `cache_invalidate` runs with no iommufd lock held.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use uiommu_core::{DeviceId, InstanceId, ViommuOps};
+
+use crate::abi::*;
+use crate::ctx::Call;
+use crate::device::Device;
+use crate::errno::Errno;
+use crate::hwpt::{core_errno, HwptPaging};
+use crate::ioctl::Ucmd;
+use crate::object::{ObjId, ObjectKind, ObjectPayload, UsersRef};
+use crate::user_memory::UserVa;
+
+/// The largest driver payload of `IOMMU_VIOMMU_ALLOC` read from the user: far above any
+/// driver's struct, and bytes past it are left for the driver's zero check to never see.
+const MAX_VIOMMU_DATA: u32 = 4096;
+
+/// A virtual IOMMU (`struct iommufd_viommu`).
+pub struct Viommu {
+    viommu_type: u32,
+    /// The nesting parent; the vIOMMU holds a user on it.
+    hwpt: UsersRef<HwptPaging>,
+    instance: InstanceId,
+    ops: Box<dyn ViommuOps>,
+    /// Virtual device id → device (`viommu->vdevs`).
+    vdevs: Mutex<BTreeMap<u64, DeviceId>>,
+}
+
+impl fmt::Debug for Viommu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Viommu")
+            .field("type", &format_args!("{:#x}", self.viommu_type))
+            .field("hwpt", &self.hwpt.id())
+            .field("ops", &self.ops)
+            .finish()
+    }
+}
+
+impl ObjectPayload for Viommu {
+    const KIND: ObjectKind = ObjectKind::Viommu;
+}
+
+impl Viommu {
+    /// The `IOMMU_VIOMMU_TYPE_*` it was created with.
+    pub fn viommu_type(&self) -> u32 {
+        self.viommu_type
+    }
+
+    /// The driver's half, for drivers to downcast.
+    pub fn ops(&self) -> &dyn ViommuOps {
+        self.ops.as_ref()
+    }
+
+    /// The id of the nesting parent HWPT.
+    pub fn hwpt_id(&self) -> ObjId {
+        self.hwpt.id()
+    }
+
+    /// The device behind virtual id `virt_id` (`iommufd_viommu_find_dev()`).
+    pub fn find_dev(&self, virt_id: u64) -> Option<DeviceId> {
+        self.lock_vdevs().get(&virt_id).copied()
+    }
+
+    fn lock_vdevs(&self) -> MutexGuard<'_, BTreeMap<u64, DeviceId>> {
+        self.vdevs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The driver's cache invalidation for `IOMMU_HWPT_INVALIDATE` on this vIOMMU: handled
+    /// entries and the result.
+    pub(crate) fn cache_invalidate(
+        &self,
+        data_type: u32,
+        entry_len: u32,
+        entries: &[u8],
+    ) -> (u32, Result<(), Errno>) {
+        let (done, result) =
+            self.ops
+                .cache_invalidate(data_type, entry_len, entries, &|id| self.find_dev(id));
+        (done, result.map_err(core_errno))
+    }
+}
+
+/// A virtual device (`struct iommufd_vdevice`).
+pub struct Vdevice {
+    viommu: UsersRef<Viommu>,
+    virt_id: u64,
+    dev: DeviceId,
+    /// The device's `vdev` slot, cleared when this vDEVICE goes.
+    device_slot: Arc<Mutex<Option<ObjId>>>,
+}
+
+impl fmt::Debug for Vdevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vdevice")
+            .field("viommu", &self.viommu.id())
+            .field("virt_id", &self.virt_id)
+            .field("dev", &self.dev)
+            .finish()
+    }
+}
+
+impl ObjectPayload for Vdevice {
+    const KIND: ObjectKind = ObjectKind::Vdevice;
+}
+
+impl Vdevice {
+    /// The guest's id of the device.
+    pub fn virt_id(&self) -> u64 {
+        self.virt_id
+    }
+
+    /// The device.
+    pub fn dev(&self) -> DeviceId {
+        self.dev
+    }
+}
+
+impl Drop for Vdevice {
+    /// `iommufd_vdevice_destroy()`: leave the vIOMMU's table and the device's slot.
+    fn drop(&mut self) {
+        let mut vdevs = self.viommu.lock_vdevs();
+        if vdevs.get(&self.virt_id) == Some(&self.dev) {
+            vdevs.remove(&self.virt_id);
+        }
+        drop(vdevs);
+        *self
+            .device_slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+/// `IOMMU_VIOMMU_ALLOC` (`iommufd_viommu_alloc_ioctl()`).
+///
+/// # Errors
+/// In the kernel's order: flags, or the DEFAULT type → `EOPNOTSUPP`; unknown device →
+/// `ENOENT`; a device without an IOMMU, or whose IOMMU has no vIOMMU of that type →
+/// `EOPNOTSUPP`; unknown paging HWPT → `ENOENT`; not a nesting parent → `EINVAL`; id
+/// reservation → `ENOMEM`; the driver's checks of its data (`EINVAL`, `E2BIG`, `EFAULT`); the
+/// write-back of the data or of the command → `EFAULT`.
+pub(crate) fn viommu_alloc(call: &Call, ucmd: &mut Ucmd<'_, IommuViommuAlloc>) -> Result<(), Errno> {
+    let cmd = ucmd.cmd;
+    if cmd.flags != 0 || cmd.viommu_type == IOMMU_VIOMMU_TYPE_DEFAULT {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    let objects = call.ctx.objects();
+    let idev = objects.get::<Device>(ObjId(cmd.dev_id))?;
+    let Some(instance) = idev.iommu_instance() else {
+        return Err(Errno::EOPNOTSUPP);
+    };
+    if !idev.core().viommu_supported(idev.dev(), cmd.viommu_type) {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    let hwpt = objects.get::<HwptPaging>(ObjId(cmd.hwpt_id))?;
+    if !hwpt.nest_parent() {
+        return Err(Errno::EINVAL);
+    }
+    let reservation = objects.reserve::<Viommu>()?;
+    // The kernel's driver copies its data itself; uiommu reads it first, and reports an
+    // unreadable buffer only if the driver gets that far (its type checks come first).
+    let mut data = vec![0u8; cmd.data_len.min(MAX_VIOMMU_DATA) as usize];
+    let readable = data.is_empty() || ucmd.user().read(UserVa(cmd.data_uptr), &mut data).is_ok();
+    let ops = idev
+        .core()
+        .viommu_init(
+            idev.dev(),
+            cmd.viommu_type,
+            hwpt.domain(),
+            (!data.is_empty()).then_some(data.as_mut_slice()),
+        )
+        .map_err(core_errno)?;
+    if !readable {
+        return Err(Errno::EFAULT);
+    }
+    if !data.is_empty() {
+        ucmd.user()
+            .write(UserVa(cmd.data_uptr), &data)
+            .map_err(|_| Errno::EFAULT)?;
+    }
+    ucmd.cmd.out_viommu_id = reservation.id().raw();
+    ucmd.respond()?;
+    reservation.finalize(Viommu {
+        viommu_type: cmd.viommu_type,
+        hwpt: hwpt.users_ref(),
+        instance,
+        ops,
+        vdevs: Mutex::new(BTreeMap::new()),
+    });
+    Ok(())
+}
+
+/// `IOMMU_VDEVICE_ALLOC` (`iommufd_vdevice_alloc_ioctl()`).
+///
+/// # Errors
+/// In the kernel's order: unknown vIOMMU → `ENOENT`; unknown device → `ENOENT`; the device is
+/// behind another IOMMU → `EINVAL`; the device has a vDEVICE already → `EEXIST`; id
+/// reservation → `ENOMEM`; the virtual id is taken → `EEXIST`; the response → `EFAULT`.
+pub(crate) fn vdevice_alloc(
+    call: &Call,
+    ucmd: &mut Ucmd<'_, IommuVdeviceAlloc>,
+) -> Result<(), Errno> {
+    let cmd = ucmd.cmd;
+    let objects = call.ctx.objects();
+    let viommu = objects.get::<Viommu>(ObjId(cmd.viommu_id))?;
+    let idev = objects.get::<Device>(ObjId(cmd.dev_id))?;
+    if idev.iommu_instance() != Some(viommu.instance) {
+        return Err(Errno::EINVAL);
+    }
+    let mut slot = idev.vdev.lock().unwrap_or_else(PoisonError::into_inner);
+    if slot.is_some() {
+        return Err(Errno::EEXIST);
+    }
+    let reservation = objects.reserve::<Vdevice>()?;
+    {
+        let mut vdevs = viommu.lock_vdevs();
+        if vdevs.contains_key(&cmd.virt_id) {
+            return Err(Errno::EEXIST);
+        }
+        vdevs.insert(cmd.virt_id, idev.dev());
+    }
+    let vdevice = Vdevice {
+        viommu: viommu.users_ref(),
+        virt_id: cmd.virt_id,
+        dev: idev.dev(),
+        device_slot: Arc::clone(&idev.vdev),
+    };
+    ucmd.cmd.out_vdevice_id = reservation.id().raw();
+    if let Err(err) = ucmd.respond() {
+        drop(slot);
+        drop(vdevice);
+        return Err(err);
+    }
+    *slot = Some(reservation.id());
+    drop(slot);
+    reservation.finalize(vdevice);
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! The mock vIOMMU (Linux `selftest.c`'s `mock_viommu`): type `IOMMU_VIOMMU_TYPE_SELFTEST`,
+//! a loopback of its creation data, and cache invalidation of its devices' cache slots.
+
+use std::any::Any;
+
+use uiommu_core::{CoreError, DeviceId, Result, ViommuOps};
+
+use crate::driver::DeviceTable;
+use crate::IOMMU_TEST_INVALIDATE_FLAG_ALL;
+
+/// `IOMMU_VIOMMU_TYPE_SELFTEST`.
+pub(crate) const IOMMU_VIOMMU_TYPE_SELFTEST: u32 = 0xdead_beef;
+/// `IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST`.
+const IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST: u32 = 0xdead_beef;
+/// Highest cache slot of a mock device (`MOCK_DEV_CACHE_ID_MAX`).
+const MOCK_DEV_CACHE_ID_MAX: u32 = 3;
+
+/// `struct iommu_viommu_selftest`: 24 bytes, of which `in_data` and `out_data` are mandatory.
+const VIOMMU_DATA_SIZE: usize = 24;
+const VIOMMU_DATA_MIN: usize = 8;
+/// `struct iommu_viommu_invalidate_selftest`: `flags`, `vdev_id`, `cache_id`.
+const INVALIDATE_ENTRY_SIZE: usize = 12;
+
+/// One mock vIOMMU.
+#[derive(Debug)]
+pub(crate) struct MockViommu {
+    devices: DeviceTable,
+}
+
+impl MockViommu {
+    /// `mock_viommu_init()`: with data, answer `out_data = in_data`. The mmap window of the
+    /// kernel's mock (two pages, `out_mmap_offset`/`out_mmap_length`) is not offered yet: both
+    /// stay 0.
+    pub(crate) fn new(devices: DeviceTable, data: Option<&mut [u8]>) -> Result<MockViommu> {
+        if let Some(data) = data {
+            let mut selftest = [0u8; VIOMMU_DATA_SIZE];
+            copy_struct(&mut selftest, data, VIOMMU_DATA_MIN)?;
+            let in_data = [selftest[0], selftest[1], selftest[2], selftest[3]];
+            selftest[4..8].copy_from_slice(&in_data);
+            selftest[8..].fill(0);
+            let common = data.len().min(VIOMMU_DATA_SIZE);
+            data[..common].copy_from_slice(&selftest[..common]);
+        }
+        Ok(MockViommu { devices })
+    }
+}
+
+/// `copy_struct_from_user()` of driver data: at least `min` bytes, bytes past `dst` zero.
+fn copy_struct(dst: &mut [u8], src: &[u8], min: usize) -> Result<()> {
+    if src.len() < min {
+        return Err(CoreError::Invalid("driver data shorter than its mandatory fields"));
+    }
+    if src.len() > dst.len() && src[dst.len()..].iter().any(|&b| b != 0) {
+        return Err(CoreError::TooBig);
+    }
+    let common = src.len().min(dst.len());
+    dst[..common].copy_from_slice(&src[..common]);
+    Ok(())
+}
+
+fn word(entry: &[u8; INVALIDATE_ENTRY_SIZE], index: usize) -> u32 {
+    let at = index * 4;
+    u32::from_le_bytes([entry[at], entry[at + 1], entry[at + 2], entry[at + 3]])
+}
+
+impl ViommuOps for MockViommu {
+    /// `mock_viommu_cache_invalidate()`: the whole array is copied first (type and per-entry
+    /// size checks), then each entry clears one or all cache slots of the device behind
+    /// `vdev_id`, stopping at the first bad entry.
+    fn cache_invalidate(
+        &self,
+        data_type: u32,
+        entry_len: u32,
+        entries: &[u8],
+        find_dev: &dyn Fn(u64) -> Option<DeviceId>,
+    ) -> (u32, Result<()>) {
+        if entries.is_empty() && data_type == IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST {
+            return (0, Ok(()));
+        }
+        if data_type != IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST {
+            return (0, Err(CoreError::Invalid("not a selftest vIOMMU invalidation")));
+        }
+        let entry_len = entry_len as usize;
+        let mut copied = Vec::with_capacity(entries.len() / entry_len.max(1));
+        for raw in entries.chunks(entry_len.max(1)) {
+            let mut entry = [0u8; INVALIDATE_ENTRY_SIZE];
+            if let Err(err) = copy_struct(&mut entry, raw, 0) {
+                return (0, Err(err));
+            }
+            copied.push(entry);
+        }
+        let mut done = 0;
+        for entry in &copied {
+            let (flags, vdev_id, cache_id) = (word(entry, 0), word(entry, 1), word(entry, 2));
+            if flags & !IOMMU_TEST_INVALIDATE_FLAG_ALL != 0 {
+                return (done, Err(CoreError::NotSupported));
+            }
+            if cache_id > MOCK_DEV_CACHE_ID_MAX {
+                return (done, Err(CoreError::Invalid("cache slot out of range")));
+            }
+            let Some(dev) = find_dev(u64::from(vdev_id)) else {
+                return (done, Err(CoreError::Invalid("no vDEVICE with that id")));
+            };
+            let cleared = self.devices.with_device(dev, |state| {
+                if flags & IOMMU_TEST_INVALIDATE_FLAG_ALL != 0 {
+                    state.cache.fill(0);
+                } else {
+                    state.cache[cache_id as usize] = 0;
+                }
+            });
+            if cleared.is_none() {
+                return (done, Err(CoreError::Invalid("vDEVICE of a non-mock device")));
+            }
+            done += 1;
+        }
+        (done, Ok(()))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creation_data_loops_back_and_refuses_short_or_long_data() {
+        let mut data = [0u8; 24];
+        data[..4].copy_from_slice(&0x1234_5678u32.to_le_bytes());
+        data[4..8].copy_from_slice(&7u32.to_le_bytes());
+        MockViommu::new(DeviceTable::default(), Some(&mut data)).unwrap();
+        assert_eq!(&data[4..8], &0x1234_5678u32.to_le_bytes());
+        assert_eq!(&data[8..], &[0u8; 16]);
+
+        let mut short = [0u8; 7];
+        assert!(matches!(
+            MockViommu::new(DeviceTable::default(), Some(&mut short)),
+            Err(CoreError::Invalid(_))
+        ));
+        let mut long = [0u8; 32];
+        long[31] = 1;
+        assert_eq!(
+            MockViommu::new(DeviceTable::default(), Some(&mut long)).err(),
+            Some(CoreError::TooBig)
+        );
+    }
+
+    #[test]
+    fn invalidation_checks_type_then_each_entry_in_order() {
+        let viommu = MockViommu::new(DeviceTable::default(), None).unwrap();
+        let none = |_: u64| None;
+        assert_eq!(viommu.cache_invalidate(IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST, 12, &[], &none).1, Ok(()));
+        assert!(matches!(viommu.cache_invalidate(1, 12, &[0; 12], &none), (0, Err(CoreError::Invalid(_)))));
+        let entry = |flags: u32, vdev: u32, cache: u32| {
+            let mut e = Vec::new();
+            for w in [flags, vdev, cache] {
+                e.extend_from_slice(&w.to_le_bytes());
+            }
+            e
+        };
+        let data_type = IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST;
+        assert_eq!(viommu.cache_invalidate(data_type, 12, &entry(2, 0, 0), &none), (0, Err(CoreError::NotSupported)));
+        assert!(matches!(viommu.cache_invalidate(data_type, 12, &entry(0, 0, 4), &none), (0, Err(CoreError::Invalid(_)))));
+        assert!(matches!(viommu.cache_invalidate(data_type, 12, &entry(0, 9, 0), &none), (0, Err(CoreError::Invalid(_)))));
+        let mut long = entry(0, 0, 0);
+        long.extend_from_slice(&[0, 0, 0, 1]);
+        assert_eq!(viommu.cache_invalidate(data_type, 16, &long, &none), (0, Err(CoreError::TooBig)));
+    }
+}
