@@ -699,7 +699,9 @@ impl IommuCore {
         data: Option<&mut [u8]>,
     ) -> Result<Box<dyn crate::driver::ViommuOps>> {
         let st = self.lock();
-        st.with_driver(dev, |ops, info| ops.viommu_init(info, viommu_type, parent, data))?
+        st.with_driver(dev, |ops, info| {
+            ops.viommu_init(info, viommu_type, parent, data)
+        })?
     }
 
     /// Every present device, in the order they were added.

@@ -332,6 +332,8 @@ pub struct HwptNested {
     domain: Arc<Domain>,
     parent: UsersRef<HwptPaging>,
     fault: Option<UsersRef<Fault>>,
+    /// The vIOMMU it was allocated on, if any (kept alive by it).
+    viommu: Option<UsersRef<Viommu>>,
 }
 
 impl fmt::Debug for HwptNested {
@@ -340,6 +342,7 @@ impl fmt::Debug for HwptNested {
             .field("domain", &self.domain.id())
             .field("parent", &self.parent.id())
             .field("fault", &self.fault.as_ref().map(UsersRef::id))
+            .field("viommu", &self.viommu.as_ref().map(UsersRef::id))
             .finish()
     }
 }
@@ -536,8 +539,71 @@ pub(crate) fn alloc(call: &Call, ucmd: &mut Ucmd<'_, IommuHwptAlloc>) -> Result<
             };
             alloc_nested(objects, ucmd, &parent, &idev, data.as_ref(), valid)
         }
+        ObjectKind::Viommu if call.kernel_version() >= KernelVersion::V7_3 => {
+            let Ok(viommu) = pt.downcast::<Viommu>() else {
+                return Err(Errno::EINVAL);
+            };
+            alloc_on_viommu(objects, ucmd, &viommu, &idev, data.as_ref())
+        }
         _ => Err(Errno::EINVAL),
     }
+}
+
+/// A nested HWPT on a vIOMMU (`iommufd_viommu_alloc_hwpt_nested()`): the stage 2 is the
+/// vIOMMU's nesting parent.
+///
+/// # Errors
+/// The device is behind another IOMMU → `EINVAL`; flags other than `FAULT_ID_VALID`/`PASID`,
+/// or no data → `EOPNOTSUPP`; then as a nested allocation on a paging parent.
+fn alloc_on_viommu(
+    objects: &ObjectTable,
+    ucmd: &mut Ucmd<'_, IommuHwptAlloc>,
+    viommu: &ObjRef<'_, Viommu>,
+    idev: &Device,
+    data: Option<&DriverData>,
+) -> Result<(), Errno> {
+    let cmd = ucmd.cmd;
+    if idev.iommu_instance() != Some(viommu.instance()) {
+        return Err(Errno::EINVAL);
+    }
+    if cmd.flags & !(IOMMU_HWPT_FAULT_ID_VALID | IOMMU_HWPT_ALLOC_PASID) != 0 {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    let Some(data) = data else {
+        return Err(Errno::EOPNOTSUPP);
+    };
+    let reservation = objects.reserve::<HwptNested>()?;
+    let parent = viommu.parent().clone();
+    let domain = idev
+        .core()
+        .domain_alloc(
+            idev.dev(),
+            DomainRequest::Nested {
+                parent: parent.domain(),
+                data: data.user_data(),
+            },
+        )
+        .map_err(core_errno)?;
+    if data.unreadable {
+        return Err(Errno::EFAULT);
+    }
+    if domain.ty() != DomainType::Nested {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    let fault = if cmd.flags & IOMMU_HWPT_FAULT_ID_VALID != 0 {
+        Some(objects.get::<Fault>(ObjId(cmd.fault_id))?.into_users_ref())
+    } else {
+        None
+    };
+    ucmd.cmd.out_hwpt_id = reservation.id().raw();
+    ucmd.respond()?;
+    reservation.finalize(HwptNested {
+        domain,
+        parent,
+        fault,
+        viommu: Some(viommu.users_ref()),
+    });
+    Ok(())
 }
 
 /// `IOMMU_HWPT_ALLOC_PASID` exists from 7.3 on (6.14 upstream).
@@ -618,6 +684,7 @@ fn alloc_nested(
         domain,
         parent: parent_ref,
         fault,
+        viommu: None,
     });
     Ok(())
 }

@@ -76,6 +76,16 @@ impl Viommu {
         self.hwpt.id()
     }
 
+    /// The nesting parent HWPT.
+    pub(crate) fn parent(&self) -> &UsersRef<HwptPaging> {
+        &self.hwpt
+    }
+
+    /// The IOMMU instance the vIOMMU belongs to.
+    pub(crate) fn instance(&self) -> InstanceId {
+        self.instance
+    }
+
     /// The device behind virtual id `virt_id` (`iommufd_viommu_find_dev()`).
     pub fn find_dev(&self, virt_id: u64) -> Option<DeviceId> {
         self.lock_vdevs().get(&virt_id).copied()
@@ -93,9 +103,9 @@ impl Viommu {
         entry_len: u32,
         entries: &[u8],
     ) -> (u32, Result<(), Errno>) {
-        let (done, result) =
-            self.ops
-                .cache_invalidate(data_type, entry_len, entries, &|id| self.find_dev(id));
+        let (done, result) = self
+            .ops
+            .cache_invalidate(data_type, entry_len, entries, &|id| self.find_dev(id));
         (done, result.map_err(core_errno))
     }
 }
@@ -158,7 +168,10 @@ impl Drop for Vdevice {
 /// `EOPNOTSUPP`; unknown paging HWPT → `ENOENT`; not a nesting parent → `EINVAL`; id
 /// reservation → `ENOMEM`; the driver's checks of its data (`EINVAL`, `E2BIG`, `EFAULT`); the
 /// write-back of the data or of the command → `EFAULT`.
-pub(crate) fn viommu_alloc(call: &Call, ucmd: &mut Ucmd<'_, IommuViommuAlloc>) -> Result<(), Errno> {
+pub(crate) fn viommu_alloc(
+    call: &Call,
+    ucmd: &mut Ucmd<'_, IommuViommuAlloc>,
+) -> Result<(), Errno> {
     let cmd = ucmd.cmd;
     if cmd.flags != 0 || cmd.viommu_type == IOMMU_VIOMMU_TYPE_DEFAULT {
         return Err(Errno::EOPNOTSUPP);

@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use uiommu_core::{
-    Capability, CoreError, DeviceDesc, DeviceId, DeviceInfo, DomainOps, DomainRequest, DomainType,
-    Domain, FwNode, Fwspec, GroupChoice, HwInfo, InstanceId, IommuCore, IommuOps, Result, UserData,
-    ViommuOps,
+    Capability, CoreError, DeviceDesc, DeviceId, DeviceInfo, Domain, DomainOps, DomainRequest,
+    DomainType, FwNode, Fwspec, GroupChoice, HwInfo, InstanceId, IommuCore, IommuOps, Result,
+    UserData, ViommuOps,
 };
 
 use crate::viommu::{MockViommu, IOMMU_VIOMMU_TYPE_SELFTEST};
@@ -190,7 +190,8 @@ impl MockIommu {
             .inspect_err(|_| {
                 self.devices.lock().remove(&name);
             })?;
-        self.devices.with_state(&name, |state| state.id = Some(added));
+        self.devices
+            .with_state(&name, |state| state.id = Some(added));
         Ok(added)
     }
 

@@ -231,7 +231,8 @@ impl MockSelftest {
         let args = cmd.payload::<TestCheckDevCache>();
         let idev = call.ctx.objects().get::<Device>(ObjId(cmd.id))?;
         let name = device_name(idev.core(), idev.dev()).ok_or(Errno::EINVAL)?;
-        if args.id > MOCK_DEV_CACHE_ID_MAX || self.mock.device_cache(&name, args.id) != Some(args.cache)
+        if args.id > MOCK_DEV_CACHE_ID_MAX
+            || self.mock.device_cache(&name, args.id) != Some(args.cache)
         {
             return Err(Errno::EINVAL);
         }

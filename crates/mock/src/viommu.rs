@@ -48,7 +48,9 @@ impl MockViommu {
 /// `copy_struct_from_user()` of driver data: at least `min` bytes, bytes past `dst` zero.
 fn copy_struct(dst: &mut [u8], src: &[u8], min: usize) -> Result<()> {
     if src.len() < min {
-        return Err(CoreError::Invalid("driver data shorter than its mandatory fields"));
+        return Err(CoreError::Invalid(
+            "driver data shorter than its mandatory fields",
+        ));
     }
     if src.len() > dst.len() && src[dst.len()..].iter().any(|&b| b != 0) {
         return Err(CoreError::TooBig);
@@ -78,7 +80,10 @@ impl ViommuOps for MockViommu {
             return (0, Ok(()));
         }
         if data_type != IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST {
-            return (0, Err(CoreError::Invalid("not a selftest vIOMMU invalidation")));
+            return (
+                0,
+                Err(CoreError::Invalid("not a selftest vIOMMU invalidation")),
+            );
         }
         let entry_len = entry_len as usize;
         let mut copied = Vec::with_capacity(entries.len() / entry_len.max(1));
@@ -109,7 +114,10 @@ impl ViommuOps for MockViommu {
                 }
             });
             if cleared.is_none() {
-                return (done, Err(CoreError::Invalid("vDEVICE of a non-mock device")));
+                return (
+                    done,
+                    Err(CoreError::Invalid("vDEVICE of a non-mock device")),
+                );
             }
             done += 1;
         }
@@ -151,8 +159,16 @@ mod tests {
     fn invalidation_checks_type_then_each_entry_in_order() {
         let viommu = MockViommu::new(DeviceTable::default(), None).unwrap();
         let none = |_: u64| None;
-        assert_eq!(viommu.cache_invalidate(IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST, 12, &[], &none).1, Ok(()));
-        assert!(matches!(viommu.cache_invalidate(1, 12, &[0; 12], &none), (0, Err(CoreError::Invalid(_)))));
+        assert_eq!(
+            viommu
+                .cache_invalidate(IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST, 12, &[], &none)
+                .1,
+            Ok(())
+        );
+        assert!(matches!(
+            viommu.cache_invalidate(1, 12, &[0; 12], &none),
+            (0, Err(CoreError::Invalid(_)))
+        ));
         let entry = |flags: u32, vdev: u32, cache: u32| {
             let mut e = Vec::new();
             for w in [flags, vdev, cache] {
@@ -161,11 +177,23 @@ mod tests {
             e
         };
         let data_type = IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST;
-        assert_eq!(viommu.cache_invalidate(data_type, 12, &entry(2, 0, 0), &none), (0, Err(CoreError::NotSupported)));
-        assert!(matches!(viommu.cache_invalidate(data_type, 12, &entry(0, 0, 4), &none), (0, Err(CoreError::Invalid(_)))));
-        assert!(matches!(viommu.cache_invalidate(data_type, 12, &entry(0, 9, 0), &none), (0, Err(CoreError::Invalid(_)))));
+        assert_eq!(
+            viommu.cache_invalidate(data_type, 12, &entry(2, 0, 0), &none),
+            (0, Err(CoreError::NotSupported))
+        );
+        assert!(matches!(
+            viommu.cache_invalidate(data_type, 12, &entry(0, 0, 4), &none),
+            (0, Err(CoreError::Invalid(_)))
+        ));
+        assert!(matches!(
+            viommu.cache_invalidate(data_type, 12, &entry(0, 9, 0), &none),
+            (0, Err(CoreError::Invalid(_)))
+        ));
         let mut long = entry(0, 0, 0);
         long.extend_from_slice(&[0, 0, 0, 1]);
-        assert_eq!(viommu.cache_invalidate(data_type, 16, &long, &none), (0, Err(CoreError::TooBig)));
+        assert_eq!(
+            viommu.cache_invalidate(data_type, 16, &long, &none),
+            (0, Err(CoreError::TooBig))
+        );
     }
 }
