@@ -55,7 +55,7 @@ impl Iommufd {
             selftest: Default::default(),
             files: Default::default(),
             kernel_version: std::sync::atomic::AtomicU8::new(
-                crate::version::KernelVersion::default().to_raw(),
+                crate::version::KernelVersion::from_env().to_raw(),
             ),
         })
     }

@@ -5,6 +5,11 @@
 //! is in `conformance/README.md`. Commands Linux 6.12 did not have are absent from the ioctl
 //! table under 6.12 ([`since_7_3`]), so they answer `ENOTTY` as 6.12 does.
 //!
+//! A new [`Iommufd`] starts from [`KernelVersion::from_env`]: the environment variable
+//! `UIOMMU_KERNEL` (`6.12` or `7.3`), so that a process serving `/dev/iommu` through the
+//! preload answers as the kernel `uiommu run --kernel` asked for (the conformance runner sets it
+//! for the 6.12 suite); [`Iommufd::set_kernel_version`] overrides it.
+//!
 //! Locking: the setting is one atomic, read without a lock; change it before handing out
 //! contexts (a change is seen by the next ioctl of every context).
 
@@ -28,6 +33,21 @@ pub enum KernelVersion {
 impl KernelVersion {
     /// Every version, oldest first.
     pub const ALL: [KernelVersion; 2] = [KernelVersion::V6_12, KernelVersion::V7_3];
+
+    /// The name of the environment variable [`KernelVersion::from_env`] reads.
+    pub const ENV: &'static str = "UIOMMU_KERNEL";
+
+    /// The version `UIOMMU_KERNEL` names, or the default (the newest) when it is unset. An
+    /// unknown value is reported once through `tracing` and ignored.
+    pub fn from_env() -> KernelVersion {
+        match std::env::var(Self::ENV) {
+            Ok(value) => value.parse().unwrap_or_else(|err: UnknownKernelVersion| {
+                tracing::warn!(%err, "ignoring {}", Self::ENV);
+                KernelVersion::default()
+            }),
+            Err(_) => KernelVersion::default(),
+        }
+    }
 
     pub(crate) fn to_raw(self) -> u8 {
         match self {
