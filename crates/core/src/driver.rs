@@ -290,6 +290,22 @@ pub trait IommuOps: Send + Sync + fmt::Debug {
         0
     }
 
+    /// Point PASID `pasid` of `dev` at `domain`, or back at blocking DMA with `None` (Linux:
+    /// the domain's `set_dev_pasid`, or the blocked domain's). The core has checked the PASID
+    /// against [`IommuOps::max_pasids`].
+    ///
+    /// # Errors
+    /// [`crate::CoreError::NotSupported`] by default (no PASID support); the driver's error,
+    /// after which the PASID keeps what it had.
+    fn set_dev_pasid(
+        &self,
+        _dev: &DeviceInfo<'_>,
+        _pasid: u32,
+        _domain: Option<&Arc<Domain>>,
+    ) -> Result<()> {
+        Err(crate::CoreError::NotSupported)
+    }
+
     /// Whether the IOMMU serving `dev` offers virtual IOMMUs of `viommu_type` (Linux: a
     /// non-zero `get_viommu_size()`).
     fn viommu_supported(&self, _dev: &DeviceInfo<'_>, _viommu_type: u32) -> bool {

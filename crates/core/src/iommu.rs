@@ -679,6 +679,34 @@ impl IommuCore {
             .unwrap_or(0)
     }
 
+    /// Attach PASID `pasid` of `dev` to `domain`, or replace what it is attached to (Linux
+    /// `iommu_attach_device_pasid()` / `iommu_replace_device_pasid()`). The core keeps no PASID
+    /// table: its one user, iommufd, keeps the attachments and never attaches a PASID twice.
+    ///
+    /// # Errors
+    /// `NoDevice` without an IOMMU; `NotSupported` when the driver has no PASID support;
+    /// `Invalid` for PASID 0 (the RID), a PASID past the device's [`IommuOps::max_pasids`], or
+    /// a domain of another driver instance; the driver's error.
+    pub fn set_dev_pasid(&self, dev: DeviceId, pasid: u32, domain: &Arc<Domain>) -> Result<()> {
+        let st = self.lock();
+        let (instance, _) = st.bound(dev)?;
+        st.with_driver(dev, |ops, info| {
+            if pasid == 0 || pasid >= ops.max_pasids(info) || domain.instance() != instance {
+                return Err(CoreError::Invalid(
+                    "PASID or domain not usable for this device",
+                ));
+            }
+            ops.set_dev_pasid(info, pasid, Some(domain))
+        })?
+    }
+
+    /// Detach PASID `pasid` of `dev`: its DMA is blocked again (Linux
+    /// `iommu_detach_device_pasid()`). Errors of the driver are not reported, as in Linux.
+    pub fn clear_dev_pasid(&self, dev: DeviceId, pasid: u32) {
+        let st = self.lock();
+        let _ = st.with_driver(dev, |ops, info| ops.set_dev_pasid(info, pasid, None));
+    }
+
     /// Whether the IOMMU serving `dev` offers vIOMMUs of `viommu_type`.
     pub fn viommu_supported(&self, dev: DeviceId, viommu_type: u32) -> bool {
         let st = self.lock();

@@ -885,6 +885,36 @@ test_payloads! {
         pub cache: u32,
     }
 
+    /// `pasid_attach` (8 bytes at offset 16); `id` of the command is the stdev id.
+    IOMMU_TEST_OP_PASID_ATTACH => pub struct TestPasidAttach {
+        /// The PASID.
+        pub pasid: u32,
+        /// The HWPT (or IOAS) to attach it to.
+        pub pt_id: u32,
+    }
+
+    /// `pasid_replace` (8 bytes at offset 16); `id` of the command is the stdev id.
+    IOMMU_TEST_OP_PASID_REPLACE => pub struct TestPasidReplace {
+        /// The PASID.
+        pub pasid: u32,
+        /// The HWPT (or IOAS) to move it to.
+        pub pt_id: u32,
+    }
+
+    /// `pasid_detach` (4 bytes at offset 16); `id` of the command is the stdev id.
+    IOMMU_TEST_OP_PASID_DETACH => pub struct TestPasidDetach {
+        /// The PASID.
+        pub pasid: u32,
+    }
+
+    /// `pasid_check` (8 bytes at offset 16); `id` of the command is the stdev id.
+    IOMMU_TEST_OP_PASID_CHECK_HWPT => pub struct TestPasidCheck {
+        /// The PASID.
+        pub pasid: u32,
+        /// The HWPT it should be attached to; 0: it should be detached.
+        pub hwpt_id: u32,
+    }
+
     /// `trigger_iopf` (24 bytes at offset 16).
     IOMMU_TEST_OP_TRIGGER_IOPF => pub struct TestTriggerIopf {
         /// DEVICE object id of a mock device.

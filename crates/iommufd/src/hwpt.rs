@@ -172,6 +172,9 @@ pub struct HwptPaging {
     in_iopt: bool,
     /// Listed on the IOAS; set just before the object is published and never cleared.
     listed: AtomicBool,
+    /// Allocated with `IOMMU_HWPT_ALLOC_PASID`: may be attached to PASIDs, and a device's RID
+    /// on it does not keep PASID attachments away.
+    pasid_compat: bool,
 }
 
 impl fmt::Debug for HwptPaging {
@@ -213,6 +216,11 @@ impl HwptPaging {
     /// May be the parent of nested HWPTs.
     pub fn nest_parent(&self) -> bool {
         self.nest_parent
+    }
+
+    /// Allocated with `IOMMU_HWPT_ALLOC_PASID` (`hwpt->pasid_compat`).
+    pub fn pasid_compat(&self) -> bool {
+        self.pasid_compat
     }
 
     /// Attach the domain to the IOAS's io page table and fill it (`iopt_table_add_domain()`).
@@ -319,6 +327,7 @@ pub(crate) fn paging_new<'t>(
             enforce_cache_coherency: idev.enforce_cache_coherency(),
             in_iopt: false,
             listed: AtomicBool::new(false),
+            pasid_compat: flags & IOMMU_HWPT_ALLOC_PASID != 0,
         },
     })
 }
@@ -334,6 +343,8 @@ pub struct HwptNested {
     fault: Option<UsersRef<Fault>>,
     /// The vIOMMU it was allocated on, if any (kept alive by it).
     viommu: Option<UsersRef<Viommu>>,
+    /// Allocated with `IOMMU_HWPT_ALLOC_PASID`.
+    pasid_compat: bool,
 }
 
 impl fmt::Debug for HwptNested {
@@ -413,6 +424,14 @@ impl HwptRef {
         match self {
             HwptRef::Paging(_) => None,
             HwptRef::Nested(h) => h.fault(),
+        }
+    }
+
+    /// Allocated with `IOMMU_HWPT_ALLOC_PASID` (`hwpt->pasid_compat`).
+    pub fn pasid_compat(&self) -> bool {
+        match self {
+            HwptRef::Paging(h) => h.pasid_compat,
+            HwptRef::Nested(h) => h.pasid_compat,
         }
     }
 
@@ -602,6 +621,7 @@ fn alloc_on_viommu(
         parent,
         fault,
         viommu: Some(viommu.users_ref()),
+        pasid_compat: cmd.flags & IOMMU_HWPT_ALLOC_PASID != 0,
     });
     Ok(())
 }
@@ -685,6 +705,7 @@ fn alloc_nested(
         parent: parent_ref,
         fault,
         viommu: None,
+        pasid_compat: cmd.flags & IOMMU_HWPT_ALLOC_PASID != 0,
     });
     Ok(())
 }

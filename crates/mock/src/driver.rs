@@ -26,6 +26,8 @@ const MOCK_IOMMUPT_DEFAULT: u32 = 0;
 const MOCK_IOMMUPT_HUGE: u32 = 1;
 /// The CPU page size the HUGE page table also offers.
 const CPU_PAGE_SIZE: u64 = 4096;
+/// The PASID whose attaches the mock fails every other time (`IOMMU_TEST_PASID_RESERVED`).
+const IOMMU_TEST_PASID_RESERVED: u32 = 1024;
 /// Cache slots of a mock device (`MOCK_DEV_CACHE_NUM`).
 pub(crate) const MOCK_DEV_CACHE_NUM: usize = 4;
 /// Initial value of every mock device cache slot (`IOMMU_TEST_DEV_CACHE_DEFAULT`).
@@ -85,6 +87,8 @@ pub(crate) struct MockDeviceState {
     pub(crate) flags: MockDeviceFlags,
     /// The device's cache tags, cleared by invalidations through a mock vIOMMU.
     pub(crate) cache: [u32; MOCK_DEV_CACHE_NUM],
+    /// The next attach of PASID [`IOMMU_TEST_PASID_RESERVED`] fails (`pasid_1024_fake_error`).
+    pasid_reserved_fails: bool,
 }
 
 impl MockDeviceState {
@@ -93,6 +97,7 @@ impl MockDeviceState {
             id: None,
             flags,
             cache: [IOMMU_TEST_DEV_CACHE_DEFAULT; MOCK_DEV_CACHE_NUM],
+            pasid_reserved_fails: false,
         }
     }
 }
@@ -361,6 +366,33 @@ impl IommuOps for MockIommu {
             data_type: IOMMU_HW_INFO_TYPE_SELFTEST,
             data,
         })
+    }
+
+    /// `mock_domain_set_dev_pasid_nop()`: accepted, except that attaches of PASID
+    /// [`IOMMU_TEST_PASID_RESERVED`] alternate between success and `ENOMEM`, so the core's
+    /// undo of a failed replace can be tested; blocking it resets the alternation.
+    fn set_dev_pasid(
+        &self,
+        dev: &DeviceInfo<'_>,
+        pasid: u32,
+        domain: Option<&Arc<Domain>>,
+    ) -> Result<()> {
+        if pasid != IOMMU_TEST_PASID_RESERVED {
+            return Ok(());
+        }
+        let failed = self.devices.with_state(dev.name(), |state| {
+            if domain.is_none() {
+                state.pasid_reserved_fails = false;
+                return false;
+            }
+            let fail = state.pasid_reserved_fails;
+            state.pasid_reserved_fails = !fail;
+            fail
+        });
+        if failed == Some(true) {
+            return Err(CoreError::NoMemory);
+        }
+        Ok(())
     }
 
     fn viommu_supported(&self, _dev: &DeviceInfo<'_>, viommu_type: u32) -> bool {

@@ -106,6 +106,10 @@ impl SelftestHook for MockSelftest {
             IOMMU_TEST_OP_MD_CHECK_REFS => check_refs(call, &cmd),
             IOMMU_TEST_OP_MD_CHECK_IOTLB => check_iotlb(call, &cmd),
             IOMMU_TEST_OP_DEV_CHECK_CACHE if since_7_3(call) => self.check_dev_cache(call, &cmd),
+            IOMMU_TEST_OP_PASID_ATTACH if since_7_3(call) => pasid_attach(call, ucmd),
+            IOMMU_TEST_OP_PASID_REPLACE if since_7_3(call) => pasid_replace(call, ucmd),
+            IOMMU_TEST_OP_PASID_DETACH if since_7_3(call) => pasid_detach(call, &cmd),
+            IOMMU_TEST_OP_PASID_CHECK_HWPT if since_7_3(call) => pasid_check_hwpt(call, &cmd),
             IOMMU_TEST_OP_CREATE_ACCESS => create_access(call, ucmd),
             IOMMU_TEST_OP_ACCESS_REPLACE_IOAS => access_replace_ioas(call, &cmd),
             IOMMU_TEST_OP_ACCESS_PAGES => access_pages(call, ucmd),
@@ -293,6 +297,82 @@ fn mock_domain_replace(call: &Call, ucmd: &mut Ucmd<'_, IommuTestCmd>) -> Result
         pt_id: hwpt_id.raw(),
     });
     ucmd.respond()
+}
+
+/// The binding of the mock device behind stdev id `id`.
+fn stdev_binding<'c>(call: &'c Call, id: u32) -> Result<ObjRef<'c, SelftestDevice>, Errno> {
+    let sobj = call.ctx.objects().get::<SelftestDevice>(ObjId(id))?;
+    if sobj.binding.is_none() {
+        return Err(Errno::EINVAL);
+    }
+    Ok(sobj)
+}
+
+fn binding(sobj: &SelftestDevice) -> &DeviceBinding {
+    sobj.binding.as_ref().expect("checked by stdev_binding")
+}
+
+/// `IOMMU_TEST_OP_PASID_ATTACH` (`iommufd_test_pasid_attach()`); PASID 0 is the RID.
+fn pasid_attach(call: &Call, ucmd: &mut Ucmd<'_, IommuTestCmd>) -> Result<(), Errno> {
+    let cmd = ucmd.cmd;
+    let args = cmd.payload::<TestPasidAttach>();
+    let sobj = stdev_binding(call, cmd.id)?;
+    if args.pasid == 0 {
+        // The RID is attached from MOCK_DOMAIN on: a second attach of the same device is
+        // the kernel's EBUSY.
+        return Err(Errno::EBUSY);
+    }
+    binding(&sobj).pasid_attach(&call.ctx, args.pasid, ObjId(args.pt_id))?;
+    if let Err(err) = ucmd.respond() {
+        binding(&sobj).pasid_detach(Some(call.ctx.objects()), args.pasid);
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// `IOMMU_TEST_OP_PASID_REPLACE` (`iommufd_test_pasid_replace()`); PASID 0 is the RID.
+fn pasid_replace(call: &Call, ucmd: &mut Ucmd<'_, IommuTestCmd>) -> Result<(), Errno> {
+    let cmd = ucmd.cmd;
+    let args = cmd.payload::<TestPasidReplace>();
+    let sobj = stdev_binding(call, cmd.id)?;
+    if args.pasid == 0 {
+        binding(&sobj).replace(&call.ctx, ObjId(args.pt_id))?;
+    } else {
+        binding(&sobj).pasid_replace(&call.ctx, args.pasid, ObjId(args.pt_id))?;
+    }
+    ucmd.respond()
+}
+
+/// `IOMMU_TEST_OP_PASID_DETACH` (`iommufd_test_pasid_detach()`): never fails once the device
+/// is found.
+fn pasid_detach(call: &Call, cmd: &IommuTestCmd) -> Result<(), Errno> {
+    let args = cmd.payload::<TestPasidDetach>();
+    let sobj = stdev_binding(call, cmd.id)?;
+    binding(&sobj).pasid_detach(Some(call.ctx.objects()), args.pasid);
+    Ok(())
+}
+
+/// `IOMMU_TEST_OP_PASID_CHECK_HWPT` (`iommufd_test_pasid_check_hwpt()`): `hwpt_id` 0 asks
+/// that the PASID be detached; otherwise it must be attached to that HWPT.
+fn pasid_check_hwpt(call: &Call, cmd: &IommuTestCmd) -> Result<(), Errno> {
+    let args = cmd.payload::<TestPasidCheck>();
+    let sobj = stdev_binding(call, cmd.id)?;
+    let attached = binding(&sobj).pasid_hwpt(args.pasid);
+    if args.hwpt_id == 0 {
+        return if attached.is_some() {
+            Err(Errno::EINVAL)
+        } else {
+            Ok(())
+        };
+    }
+    let hwpt = call.ctx.objects().get_any(ObjId(args.hwpt_id))?;
+    if !matches!(hwpt.kind(), ObjectKind::HwptPaging | ObjectKind::HwptNested) {
+        return Err(Errno::ENOENT);
+    }
+    if attached != Some(ObjId(args.hwpt_id)) {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
