@@ -345,6 +345,26 @@ pub trait ViommuOps: Send + Sync + fmt::Debug {
         (0, Err(crate::CoreError::NotSupported))
     }
 
+    /// A nested domain on this vIOMMU (Linux `alloc_domain_nested`), described by the user's
+    /// `data`; `flags` are `IOMMU_HWPT_ALLOC_*` without `FAULT_ID_VALID`.
+    ///
+    /// # Errors
+    /// [`crate::CoreError::NotSupported`] by default; the driver's checks of `flags` and `data`.
+    fn alloc_domain_nested(&self, _flags: u32, _data: UserData<'_>) -> Result<Box<dyn DomainOps>> {
+        Err(crate::CoreError::NotSupported)
+    }
+
+    /// A virtual device `virt_id` now stands for `dev` on this vIOMMU (Linux `vdevice_init`).
+    ///
+    /// # Errors
+    /// The driver refuses the device; by default it accepts.
+    fn vdevice_init(&self, _virt_id: u64, _dev: DeviceId) -> Result<()> {
+        Ok(())
+    }
+
+    /// Virtual device `virt_id` is gone (Linux: the vDEVICE's `destroy`).
+    fn vdevice_destroy(&self, _virt_id: u64) {}
+
     /// For drivers: downcasting to their own type.
     fn as_any(&self) -> &dyn Any;
 }

@@ -707,6 +707,30 @@ impl IommuCore {
         let _ = st.with_driver(dev, |ops, info| ops.set_dev_pasid(info, pasid, None));
     }
 
+    /// A nested domain for `dev` allocated by `viommu` (Linux
+    /// `viommu->ops->alloc_domain_nested()`), owned by the instance serving `dev`.
+    ///
+    /// # Errors
+    /// `dev` has no IOMMU; the driver's error.
+    pub fn viommu_domain_alloc(
+        &self,
+        dev: DeviceId,
+        viommu: &dyn crate::driver::ViommuOps,
+        flags: u32,
+        data: crate::driver::UserData<'_>,
+    ) -> Result<Arc<Domain>> {
+        let st = self.lock();
+        let (instance, _) = st.bound(dev)?;
+        let ops = st.instance(instance)?.ops.clone();
+        let domain_ops = viommu.alloc_domain_nested(flags, data)?;
+        Ok(Arc::new(Domain::new(
+            DomainType::Nested,
+            instance,
+            ops,
+            domain_ops,
+        )))
+    }
+
     /// Whether the IOMMU serving `dev` offers vIOMMUs of `viommu_type`.
     pub fn viommu_supported(&self, dev: DeviceId, viommu_type: u32) -> bool {
         let st = self.lock();

@@ -732,6 +732,18 @@ impl DeviceBinding {
         for pasid in pasids {
             self.pasid_detach(objects, pasid);
         }
+        // `iommufd_device_remove_vdev()`: the device's vDEVICE goes with it (Linux keeps its
+        // id as a tombstone until the context closes; here the id is free again).
+        let vdev = *self
+            .device
+            .vdev
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let (Some(vdev), Some(objects)) = (vdev, objects) {
+            if let Err(err) = objects.destroy(vdev) {
+                debug_assert_eq!(err, Errno::ENOENT, "a vDEVICE has no long-term users");
+            }
+        }
         let DeviceBinding { device, .. } = self;
         match objects {
             Some(objects) => objects.destroy_owned(device),

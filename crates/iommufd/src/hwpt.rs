@@ -595,12 +595,11 @@ fn alloc_on_viommu(
     let parent = viommu.parent().clone();
     let domain = idev
         .core()
-        .domain_alloc(
+        .viommu_domain_alloc(
             idev.dev(),
-            DomainRequest::Nested {
-                parent: parent.domain(),
-                data: data.user_data(),
-            },
+            viommu.ops(),
+            cmd.flags & !IOMMU_HWPT_FAULT_ID_VALID,
+            data.user_data(),
         )
         .map_err(core_errno)?;
     if data.unreadable {

@@ -151,6 +151,7 @@ impl Drop for Vdevice {
         let mut vdevs = self.viommu.lock_vdevs();
         if vdevs.get(&self.virt_id) == Some(&self.dev) {
             vdevs.remove(&self.virt_id);
+            self.viommu.ops.vdevice_destroy(self.virt_id);
         }
         drop(vdevs);
         *self
@@ -249,6 +250,10 @@ pub(crate) fn vdevice_alloc(
         if vdevs.contains_key(&cmd.virt_id) {
             return Err(Errno::EEXIST);
         }
+        viommu
+            .ops
+            .vdevice_init(cmd.virt_id, idev.dev())
+            .map_err(core_errno)?;
         vdevs.insert(cmd.virt_id, idev.dev());
     }
     let vdevice = Vdevice {

@@ -262,7 +262,7 @@ pub(crate) enum MockPagetable {
 /// (`iommu_copy_struct_from_user()` up to `iotlb`): the type must be the selftest's, at least
 /// `iotlb` must be there, and bytes past the 8-byte struct must be zero. Returns `iotlb` and
 /// `pagetable_type`.
-fn selftest_user_data(data: &UserData<'_>) -> Result<(u32, u32)> {
+pub(crate) fn selftest_user_data(data: &UserData<'_>) -> Result<(u32, u32)> {
     const MIN: usize = 4;
     const SIZE: usize = 8;
     if data.data_type != IOMMU_HWPT_DATA_SELFTEST || data.bytes.len() < MIN {
@@ -403,13 +403,17 @@ impl IommuOps for MockIommu {
         &self,
         _dev: &DeviceInfo<'_>,
         viommu_type: u32,
-        _parent: &Arc<Domain>,
+        parent: &Arc<Domain>,
         data: Option<&mut [u8]>,
     ) -> Result<Box<dyn ViommuOps>> {
         if viommu_type != IOMMU_VIOMMU_TYPE_SELFTEST {
             return Err(CoreError::NotSupported);
         }
-        Ok(Box::new(MockViommu::new(self.devices.clone(), data)?))
+        Ok(Box::new(MockViommu::new(
+            self.devices.clone(),
+            parent.clone(),
+            data,
+        )?))
     }
 
     fn max_pasids(&self, dev: &DeviceInfo<'_>) -> u32 {

@@ -2,11 +2,47 @@
 //! a loopback of its creation data, and cache invalidation of its devices' cache slots.
 
 use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use uiommu_core::{CoreError, DeviceId, Result, ViommuOps};
+use uiommu_core::{CoreError, DeviceId, Domain, DomainOps, Result, UserData, ViommuOps};
 
-use crate::driver::DeviceTable;
+use crate::domain::MockNestedDomain;
+use crate::driver::{selftest_user_data, DeviceTable};
 use crate::IOMMU_TEST_INVALIDATE_FLAG_ALL;
+
+/// `IOMMU_HWPT_ALLOC_PASID`, the one flag a nested domain on the mock vIOMMU takes.
+const IOMMU_HWPT_ALLOC_PASID: u32 = 1 << 3;
+
+/// The devices a mock vIOMMU has vDEVICEs for, and their virtual ids (`viommu->vdevs` as the
+/// mock's attach sees it). Shared by the vIOMMU and its nested domains; its mutex is a leaf.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct VdevTable(Arc<Mutex<HashMap<DeviceId, u64>>>);
+
+impl VdevTable {
+    /// The virtual id of `dev` (`iommufd_viommu_get_vdev_id()`).
+    pub(crate) fn virt_id(&self, dev: DeviceId) -> Option<u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&dev)
+            .copied()
+    }
+
+    fn insert(&self, dev: DeviceId, virt_id: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(dev, virt_id);
+    }
+
+    fn remove(&self, virt_id: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, id| *id != virt_id);
+    }
+}
 
 /// `IOMMU_VIOMMU_TYPE_SELFTEST`.
 pub(crate) const IOMMU_VIOMMU_TYPE_SELFTEST: u32 = 0xdead_beef;
@@ -25,13 +61,20 @@ const INVALIDATE_ENTRY_SIZE: usize = 12;
 #[derive(Debug)]
 pub(crate) struct MockViommu {
     devices: DeviceTable,
+    /// The nesting parent (`s2_parent`).
+    parent: Arc<Domain>,
+    vdevs: VdevTable,
 }
 
 impl MockViommu {
     /// `mock_viommu_init()`: with data, answer `out_data = in_data`. The mmap window of the
     /// kernel's mock (two pages, `out_mmap_offset`/`out_mmap_length`) is not offered yet: both
     /// stay 0.
-    pub(crate) fn new(devices: DeviceTable, data: Option<&mut [u8]>) -> Result<MockViommu> {
+    pub(crate) fn new(
+        devices: DeviceTable,
+        parent: Arc<Domain>,
+        data: Option<&mut [u8]>,
+    ) -> Result<MockViommu> {
         if let Some(data) = data {
             let mut selftest = [0u8; VIOMMU_DATA_SIZE];
             copy_struct(&mut selftest, data, VIOMMU_DATA_MIN)?;
@@ -41,7 +84,11 @@ impl MockViommu {
             let common = data.len().min(VIOMMU_DATA_SIZE);
             data[..common].copy_from_slice(&selftest[..common]);
         }
-        Ok(MockViommu { devices })
+        Ok(MockViommu {
+            devices,
+            parent,
+            vdevs: VdevTable::default(),
+        })
     }
 }
 
@@ -124,6 +171,27 @@ impl ViommuOps for MockViommu {
         (done, Ok(()))
     }
 
+    /// `mock_viommu_alloc_domain_nested()`: a mock nested domain whose attach needs the
+    /// device's vDEVICE on this vIOMMU.
+    fn alloc_domain_nested(&self, flags: u32, data: UserData<'_>) -> Result<Box<dyn DomainOps>> {
+        if flags & !IOMMU_HWPT_ALLOC_PASID != 0 {
+            return Err(CoreError::NotSupported);
+        }
+        let (iotlb, _) = selftest_user_data(&data)?;
+        Ok(Box::new(
+            MockNestedDomain::new(self.parent.clone(), iotlb).on_viommu(self.vdevs.clone()),
+        ))
+    }
+
+    fn vdevice_init(&self, virt_id: u64, dev: DeviceId) -> Result<()> {
+        self.vdevs.insert(dev, virt_id);
+        Ok(())
+    }
+
+    fn vdevice_destroy(&self, virt_id: u64) {
+        self.vdevs.remove(virt_id);
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -133,31 +201,49 @@ impl ViommuOps for MockViommu {
 mod tests {
     use super::*;
 
+    /// A mock paging domain from a real core, to be a vIOMMU's parent.
+    fn test_parent() -> Arc<Domain> {
+        let core = uiommu_core::IommuCore::default();
+        let mock = crate::MockIommu::new();
+        mock.register(&core).unwrap();
+        let dev = mock
+            .add_device(&core, crate::MockDeviceFlags::default())
+            .unwrap();
+        core.domain_alloc(
+            dev,
+            uiommu_core::DomainRequest::Paging {
+                flags: uiommu_core::PagingFlags::default(),
+                data: None,
+            },
+        )
+        .unwrap()
+    }
+
     #[test]
     fn creation_data_loops_back_and_refuses_short_or_long_data() {
         let mut data = [0u8; 24];
         data[..4].copy_from_slice(&0x1234_5678u32.to_le_bytes());
         data[4..8].copy_from_slice(&7u32.to_le_bytes());
-        MockViommu::new(DeviceTable::default(), Some(&mut data)).unwrap();
+        MockViommu::new(DeviceTable::default(), test_parent(), Some(&mut data)).unwrap();
         assert_eq!(&data[4..8], &0x1234_5678u32.to_le_bytes());
         assert_eq!(&data[8..], &[0u8; 16]);
 
         let mut short = [0u8; 7];
         assert!(matches!(
-            MockViommu::new(DeviceTable::default(), Some(&mut short)),
+            MockViommu::new(DeviceTable::default(), test_parent(), Some(&mut short)),
             Err(CoreError::Invalid(_))
         ));
         let mut long = [0u8; 32];
         long[31] = 1;
         assert_eq!(
-            MockViommu::new(DeviceTable::default(), Some(&mut long)).err(),
+            MockViommu::new(DeviceTable::default(), test_parent(), Some(&mut long)).err(),
             Some(CoreError::TooBig)
         );
     }
 
     #[test]
     fn invalidation_checks_type_then_each_entry_in_order() {
-        let viommu = MockViommu::new(DeviceTable::default(), None).unwrap();
+        let viommu = MockViommu::new(DeviceTable::default(), test_parent(), None).unwrap();
         let none = |_: u64| None;
         assert_eq!(
             viommu

@@ -342,3 +342,44 @@ fn linux_6_12_has_no_viommu_commands() {
         "7.3: too short"
     );
 }
+
+#[test]
+fn attaching_to_a_viommu_nested_hwpt_needs_the_vdevice() {
+    let env = Env::new();
+    let (stdev, idev, parent) = setup(&env);
+    let viommu = viommu_alloc(&env, 0, IOMMU_VIOMMU_TYPE_SELFTEST, idev, parent, 0, 0).unwrap();
+    let mut data = IommuHwptSelftestPagetable {
+        iotlb: IOMMU_TEST_IOTLB_DEFAULT,
+        pagetable_type: 0,
+    };
+    let ptr = std::ptr::from_mut(&mut data) as u64;
+    let nested = env
+        .hwpt_alloc_data(idev, viommu, 0, IOMMU_HWPT_DATA_SELFTEST, ptr, 8, 0)
+        .unwrap();
+    assert_eq!(
+        env.replace(stdev, nested),
+        Err(Errno::ENOENT),
+        "no vDEVICE yet"
+    );
+    let vdev = vdevice_alloc(&env, viommu, idev, 0x99).unwrap();
+    env.replace(stdev, nested).unwrap();
+    env.replace(stdev, parent).unwrap();
+    env.destroy(vdev).unwrap();
+    assert_eq!(
+        env.replace(stdev, nested),
+        Err(Errno::ENOENT),
+        "the vDEVICE is gone"
+    );
+}
+
+#[test]
+fn a_device_takes_its_vdevice_along() {
+    let env = Env::new();
+    let (stdev, idev, parent) = setup(&env);
+    let viommu = viommu_alloc(&env, 0, IOMMU_VIOMMU_TYPE_SELFTEST, idev, parent, 0, 0).unwrap();
+    let vdev = vdevice_alloc(&env, viommu, idev, 0x99).unwrap();
+    env.destroy(stdev).unwrap();
+    assert_eq!(env.destroy(vdev), Err(Errno::ENOENT));
+    env.destroy(viommu)
+        .expect("no vDEVICE holds the vIOMMU any more");
+}
