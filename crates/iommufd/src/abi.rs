@@ -134,6 +134,15 @@ pub const IOMMU_TEST_CMD: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_TEST);
 pub const IOMMU_VIOMMU_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_VIOMMU_ALLOC);
 /// Create a virtual device: a device as a vIOMMU's guest sees it.
 pub const IOMMU_VDEVICE_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_VDEVICE_ALLOC);
+/// Create a vIOMMU event queue and its fd.
+pub const IOMMU_VEVENTQ_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_VEVENTQ_ALLOC);
+
+/// vEVENTQ type: none (refused).
+pub const IOMMU_VEVENTQ_TYPE_DEFAULT: u32 = 0;
+/// vEVENTQ type of the mock driver.
+pub const IOMMU_VEVENTQ_TYPE_SELFTEST: u32 = 0xbeef_beef;
+/// vEVENT header flag: this header stands for events dropped while the queue was full.
+pub const IOMMU_VEVENTQ_FLAG_LOST_EVENTS: u32 = 1 << 0;
 
 // ---------------------------------------------------------------------------------------------
 // Command structs and their constants (include/uapi/linux/iommufd.h)
@@ -475,6 +484,27 @@ uapi! {
         pub reserved: u32,
         /// User pointer to the driver data.
         pub data_uptr: u64,
+    }
+
+    /// `struct iommu_veventq_alloc` (32 bytes), for [`IOMMU_VEVENTQ_ALLOC`]. Min size 28
+    /// (`out_veventq_fd`).
+    pub struct IommuVeventqAlloc {
+        /// `sizeof` the caller's struct.
+        pub size: u32,
+        /// Must be 0.
+        pub flags: u32,
+        /// The vIOMMU.
+        pub viommu_id: u32,
+        /// `IOMMU_VEVENTQ_TYPE_*` (C: `type`).
+        pub veventq_type: u32,
+        /// Most events queued before LOST_EVENTS (1..=2^19).
+        pub veventq_depth: u32,
+        /// Output: the new vEVENTQ object id.
+        pub out_veventq_id: u32,
+        /// Output: the queue's fd.
+        pub out_veventq_fd: u32,
+        /// Must be 0.
+        pub reserved: u32,
     }
 
     /// `struct iommu_vdevice_alloc` (24 bytes), for [`IOMMU_VDEVICE_ALLOC`]. Min size 24
@@ -883,6 +913,12 @@ test_payloads! {
         pub id: u32,
         /// Expected value.
         pub cache: u32,
+    }
+
+    /// `trigger_vevent` (4 bytes at offset 16).
+    IOMMU_TEST_OP_TRIGGER_VEVENT => pub struct TestTriggerVevent {
+        /// DEVICE object id of a mock device.
+        pub dev_id: u32,
     }
 
     /// `pasid_attach` (8 bytes at offset 16); `id` of the command is the stdev id.

@@ -289,6 +289,13 @@ static OPS: &[IoctlOp<Call>] = &[
     )
     .only_if(crate::version::since_7_3),
     op!(
+        IOMMU_VEVENTQ_ALLOC,
+        crate::eventq::veventq_alloc,
+        IommuVeventqAlloc,
+        out_veventq_fd
+    )
+    .only_if(crate::version::since_7_3),
+    op!(
         IOMMU_TEST_CMD,
         crate::selftest::test_cmd,
         IommuTestCmd,

@@ -377,6 +377,11 @@ impl HwptNested {
     pub fn fault(&self) -> Option<&Fault> {
         self.fault.as_deref()
     }
+
+    /// The vIOMMU the HWPT was allocated on, if any.
+    pub fn viommu(&self) -> Option<&Viommu> {
+        self.viommu.as_deref()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

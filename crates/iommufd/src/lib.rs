@@ -5,7 +5,7 @@
 //! * the dispatcher and its one table ([`ioctl`], the table itself in [`ctx`]);
 //! * the object table with two-phase creation and two reference counts ([`object`]);
 //! * one module per object kind: [`ioas`], [`hwpt`], [`device`], [`access`], [`fault`],
-//!   [`viommu`] (vIOMMU and vDEVICE), plus
+//!   [`viommu`] (vIOMMU and vDEVICE), [`eventq`] (vIOMMU event queues), plus
 //!   [`option`], [`vfio_compat`] and the selftest hook [`selftest`];
 //! * the engines, ignorant of ioctls: [`io_pagetable`] (areas and IOVA allocation) and
 //!   [`pages`] (pinning and accounting);
@@ -33,6 +33,7 @@ pub mod access;
 pub mod ctx;
 pub mod device;
 pub mod errno;
+pub mod eventq;
 pub mod failpoint;
 pub mod fault;
 pub mod file;

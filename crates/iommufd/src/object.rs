@@ -95,6 +95,8 @@ pub enum ObjectKind {
     Viommu = 8,
     /// A device as a vIOMMU's guest sees it (Linux ≥ 6.13).
     Vdevice = 9,
+    /// A vIOMMU event queue; its fd holds a user (Linux ≥ 6.15).
+    Veventq = 10,
 }
 
 impl ObjectKind {
@@ -110,6 +112,7 @@ impl ObjectKind {
             ObjectKind::Selftest => "SELFTEST",
             ObjectKind::Viommu => "VIOMMU",
             ObjectKind::Vdevice => "VDEVICE",
+            ObjectKind::Veventq => "VEVENTQ",
         }
     }
 }

@@ -9,8 +9,8 @@
 //! * A [`Vdevice`] ties one bound device to one vIOMMU under a virtual id. It keeps its vIOMMU
 //!   alive; the device knows its vDEVICE (`idev->vdev`), so a device has at most one.
 //!
-//! Not yet: HWPT allocation on a vIOMMU, vEVENT queues, HW queues and the vIOMMU's mmap
-//! region (issue 9).
+//! Event queues of a vIOMMU are [`crate::eventq`]'s. Not yet: HW queues and the vIOMMU's
+//! mmap region (issue 9).
 //!
 //! # Locking
 //! A vIOMMU's `vdevs` mutex and a device's `vdev` slot are leaves; the driver's
@@ -26,6 +26,7 @@ use crate::abi::*;
 use crate::ctx::Call;
 use crate::device::Device;
 use crate::errno::Errno;
+use crate::eventq::VeventQueue;
 use crate::hwpt::{core_errno, HwptPaging};
 use crate::ioctl::Ucmd;
 use crate::object::{ObjId, ObjectKind, ObjectPayload, UsersRef};
@@ -44,6 +45,8 @@ pub struct Viommu {
     ops: Box<dyn ViommuOps>,
     /// Virtual device id → device (`viommu->vdevs`).
     vdevs: Mutex<BTreeMap<u64, DeviceId>>,
+    /// Its event queues, one per type (`viommu->veventqs`), see [`crate::eventq`].
+    veventqs: Mutex<Vec<Arc<VeventQueue>>>,
 }
 
 impl fmt::Debug for Viommu {
@@ -93,6 +96,41 @@ impl Viommu {
 
     fn lock_vdevs(&self) -> MutexGuard<'_, BTreeMap<u64, DeviceId>> {
         self.vdevs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The virtual id of `dev` on this vIOMMU (`iommufd_viommu_get_vdev_id()`).
+    pub fn virt_id_of(&self, dev: DeviceId) -> Option<u64> {
+        self.lock_vdevs()
+            .iter()
+            .find(|(_, &d)| d == dev)
+            .map(|(&virt_id, _)| virt_id)
+    }
+
+    pub(crate) fn lock_veventqs(&self) -> MutexGuard<'_, Vec<Arc<VeventQueue>>> {
+        self.veventqs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn remove_veventq(&self, queue: &Arc<VeventQueue>) {
+        self.lock_veventqs().retain(|q| !Arc::ptr_eq(q, queue));
+    }
+
+    /// Report an event of `veventq_type` to user space (`iommufd_viommu_report_event()`), for
+    /// drivers: `data` is the driver's event record.
+    ///
+    /// # Errors
+    /// Empty `data` → `EINVAL`; no queue of that type → `EOPNOTSUPP`. A full queue is no
+    /// error: the event is counted as lost.
+    pub fn report_event(&self, veventq_type: u32, data: &[u8]) -> Result<(), Errno> {
+        if data.is_empty() {
+            return Err(Errno::EINVAL);
+        }
+        let queues = self.lock_veventqs();
+        let queue = queues
+            .iter()
+            .find(|q| q.veventq_type() == veventq_type)
+            .ok_or(Errno::EOPNOTSUPP)?;
+        queue.report(data);
+        Ok(())
     }
 
     /// The driver's cache invalidation for `IOMMU_HWPT_INVALIDATE` on this vIOMMU: handled
@@ -219,6 +257,7 @@ pub(crate) fn viommu_alloc(
         instance,
         ops,
         vdevs: Mutex::new(BTreeMap::new()),
+        veventqs: Mutex::new(Vec::new()),
     });
     Ok(())
 }

@@ -106,6 +106,7 @@ impl SelftestHook for MockSelftest {
             IOMMU_TEST_OP_MD_CHECK_REFS => check_refs(call, &cmd),
             IOMMU_TEST_OP_MD_CHECK_IOTLB => check_iotlb(call, &cmd),
             IOMMU_TEST_OP_DEV_CHECK_CACHE if since_7_3(call) => self.check_dev_cache(call, &cmd),
+            IOMMU_TEST_OP_TRIGGER_VEVENT if since_7_3(call) => trigger_vevent(call, &cmd),
             IOMMU_TEST_OP_PASID_ATTACH if since_7_3(call) => pasid_attach(call, ucmd),
             IOMMU_TEST_OP_PASID_REPLACE if since_7_3(call) => pasid_replace(call, ucmd),
             IOMMU_TEST_OP_PASID_DETACH if since_7_3(call) => pasid_detach(call, &cmd),
@@ -299,6 +300,25 @@ fn mock_domain_replace(call: &Call, ucmd: &mut Ucmd<'_, IommuTestCmd>) -> Result
     ucmd.respond()
 }
 
+/// `IOMMU_TEST_OP_TRIGGER_VEVENT` (`iommufd_test_trigger_vevent()`): the device, attached to a
+/// nested HWPT of a vIOMMU where it has a non-zero virtual id, reports one selftest vEVENT
+/// (`struct iommu_viommu_event_selftest`: that virtual id).
+fn trigger_vevent(call: &Call, cmd: &IommuTestCmd) -> Result<(), Errno> {
+    let args = cmd.payload::<TestTriggerVevent>();
+    let objects = call.ctx.objects();
+    let idev = objects.get::<Device>(ObjId(args.dev_id))?;
+    let nested = idev
+        .attached_hwpt()
+        .and_then(|id| objects.get::<HwptNested>(id).ok())
+        .ok_or(Errno::ENOENT)?;
+    let viommu = nested.viommu().ok_or(Errno::ENOENT)?;
+    let virt_id = viommu
+        .virt_id_of(idev.dev())
+        .filter(|&id| id != 0)
+        .ok_or(Errno::ENOENT)?;
+    viommu.report_event(IOMMU_VEVENTQ_TYPE_SELFTEST, &(virt_id as u32).to_le_bytes())
+}
+
 /// The binding of the mock device behind stdev id `id`.
 fn stdev_binding<'c>(call: &'c Call, id: u32) -> Result<ObjRef<'c, SelftestDevice>, Errno> {
     let sobj = call.ctx.objects().get::<SelftestDevice>(ObjId(id))?;
@@ -367,7 +387,7 @@ fn pasid_check_hwpt(call: &Call, cmd: &IommuTestCmd) -> Result<(), Errno> {
     }
     let hwpt = call.ctx.objects().get_any(ObjId(args.hwpt_id))?;
     if !matches!(hwpt.kind(), ObjectKind::HwptPaging | ObjectKind::HwptNested) {
-        return Err(Errno::ENOENT);
+        return Err(Errno::EINVAL);
     }
     if attached != Some(ObjId(args.hwpt_id)) {
         return Err(Errno::EINVAL);
