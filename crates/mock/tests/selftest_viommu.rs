@@ -8,6 +8,7 @@ mod selftest_common;
 use selftest_common::*;
 use uiommu_iommufd::abi::*;
 use uiommu_iommufd::errno::Errno;
+use uiommu_iommufd::file::FileInstaller;
 use uiommu_iommufd::version::KernelVersion;
 
 /// `struct iommu_viommu_selftest` (24 bytes).
@@ -382,4 +383,151 @@ fn a_device_takes_its_vdevice_along() {
     assert_eq!(env.destroy(vdev), Err(Errno::ENOENT));
     env.destroy(viommu)
         .expect("no vDEVICE holds the vIOMMU any more");
+}
+
+fn veventq_alloc(env: &Env, viommu: u32, ty: u32, depth: u32) -> Result<(u32, u32), Errno> {
+    let mut cmd = IommuVeventqAlloc {
+        size: size_of::<IommuVeventqAlloc>() as u32,
+        viommu_id: viommu,
+        veventq_type: ty,
+        veventq_depth: depth,
+        ..Default::default()
+    };
+    env.ioctl(IOMMU_VEVENTQ_ALLOC, &mut cmd)?;
+    Ok((cmd.out_veventq_id, cmd.out_veventq_fd))
+}
+
+fn trigger_vevent(env: &Env, idev: u32) -> Result<(), Errno> {
+    env.test_cmd(0, &TestTriggerVevent { dev_id: idev })
+        .map(|_| ())
+}
+
+/// `read()` of an emulated fd into a fresh buffer: the bytes read.
+fn read_fd(env: &Env, fd: u32, count: usize) -> Result<Vec<u8>, Errno> {
+    let file = FileInstaller::get(env.fds.as_ref(), fd as i32).ok_or(Errno::EBADF)?;
+    let mut buf = vec![0u8; count];
+    let n = file.read(
+        env.memory.as_ref(),
+        uiommu_iommufd::user_memory::UserVa(buf.as_mut_ptr() as u64),
+        count,
+        0,
+    )?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+#[test]
+fn veventq_alloc_checks_in_kernel_order() {
+    let env = Env::new();
+    let (_, idev, parent) = setup(&env);
+    let viommu = viommu_alloc(&env, 0, IOMMU_VIOMMU_TYPE_SELFTEST, idev, parent, 0, 0).unwrap();
+    let ty = IOMMU_VEVENTQ_TYPE_SELFTEST;
+    let mut cmd = IommuVeventqAlloc {
+        size: size_of::<IommuVeventqAlloc>() as u32,
+        flags: 1,
+        viommu_id: viommu,
+        veventq_type: ty,
+        veventq_depth: 2,
+        ..Default::default()
+    };
+    assert_eq!(
+        env.ioctl(IOMMU_VEVENTQ_ALLOC, &mut cmd),
+        Err(Errno::EOPNOTSUPP),
+        "flags"
+    );
+    cmd.flags = 0;
+    cmd.reserved = 1;
+    assert_eq!(
+        env.ioctl(IOMMU_VEVENTQ_ALLOC, &mut cmd),
+        Err(Errno::EOPNOTSUPP),
+        "__reserved"
+    );
+    assert_eq!(
+        veventq_alloc(&env, viommu, IOMMU_VEVENTQ_TYPE_DEFAULT, 2),
+        Err(Errno::EOPNOTSUPP)
+    );
+    assert_eq!(
+        veventq_alloc(&env, viommu, ty, 0),
+        Err(Errno::EINVAL),
+        "depth 0"
+    );
+    assert_eq!(
+        veventq_alloc(&env, viommu, ty, (1 << 19) + 1),
+        Err(Errno::EINVAL),
+        "too deep"
+    );
+    assert_eq!(
+        veventq_alloc(&env, parent, ty, 2),
+        Err(Errno::ENOENT),
+        "not a vIOMMU"
+    );
+    let (veventq, fd) = veventq_alloc(&env, viommu, ty, 1 << 19).unwrap();
+    assert_eq!(
+        veventq_alloc(&env, viommu, ty, 2),
+        Err(Errno::EEXIST),
+        "one per type"
+    );
+    assert_eq!(
+        env.destroy(veventq),
+        Err(Errno::EBUSY),
+        "the open file holds the queue"
+    );
+    assert_eq!(
+        env.destroy(viommu),
+        Err(Errno::EBUSY),
+        "the queue holds the vIOMMU"
+    );
+    env.close(fd).unwrap();
+    env.destroy(veventq).unwrap();
+    veventq_alloc(&env, viommu, ty, 2).expect("the type is free again");
+}
+
+#[test]
+fn vevents_reach_the_queue_in_sequence_and_overflow_as_lost_events() {
+    let env = Env::new();
+    let (stdev, idev, parent) = setup(&env);
+    let viommu = viommu_alloc(&env, 0, IOMMU_VIOMMU_TYPE_SELFTEST, idev, parent, 0, 0).unwrap();
+    let mut data = IommuHwptSelftestPagetable::default();
+    let ptr = std::ptr::from_mut(&mut data) as u64;
+    let nested = env
+        .hwpt_alloc_data(idev, viommu, 0, IOMMU_HWPT_DATA_SELFTEST, ptr, 8, 0)
+        .unwrap();
+    assert_eq!(
+        trigger_vevent(&env, idev),
+        Err(Errno::ENOENT),
+        "not on a vIOMMU's HWPT"
+    );
+    let (_, fd) = veventq_alloc(&env, viommu, IOMMU_VEVENTQ_TYPE_SELFTEST, 2).unwrap();
+    vdevice_alloc(&env, viommu, idev, 0x99).unwrap();
+    env.replace(stdev, nested).unwrap();
+    assert_eq!(read_fd(&env, fd, 7), Err(Errno::EINVAL), "below a header");
+
+    trigger_vevent(&env, idev).unwrap();
+    assert_eq!(
+        read_fd(&env, fd, 8),
+        Err(Errno::EINVAL),
+        "the event does not fit"
+    );
+    let record = |flags: u32, seq: u32, virt: Option<u32>| {
+        let mut r = flags.to_le_bytes().to_vec();
+        r.extend_from_slice(&seq.to_le_bytes());
+        r.extend(virt.iter().flat_map(|v| v.to_le_bytes()));
+        r
+    };
+    assert_eq!(read_fd(&env, fd, 64), Ok(record(0, 0, Some(0x99))));
+
+    for _ in 0..3 {
+        trigger_vevent(&env, idev).unwrap();
+    }
+    let mut expected = record(0, 1, Some(0x99));
+    expected.extend(record(0, 2, Some(0x99)));
+    expected.extend(record(IOMMU_VEVENTQ_FLAG_LOST_EVENTS, 3, None));
+    assert_eq!(
+        read_fd(&env, fd, 64),
+        Ok(expected),
+        "depth 2: the third is lost"
+    );
+    trigger_vevent(&env, idev).unwrap();
+    assert_eq!(read_fd(&env, fd, 64), Ok(record(0, 4, Some(0x99))));
+    env.replace(stdev, parent).unwrap();
 }
