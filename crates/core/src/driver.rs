@@ -365,6 +365,30 @@ pub trait ViommuOps: Send + Sync + fmt::Debug {
     /// Virtual device `virt_id` is gone (Linux: the vDEVICE's `destroy`).
     fn vdevice_destroy(&self, _virt_id: u64) {}
 
+    /// Whether the vIOMMU has HW queues of `queue_type` (Linux: a non-zero
+    /// `get_hw_queue_size()`).
+    fn hw_queue_supported(&self, _queue_type: u32) -> bool {
+        false
+    }
+
+    /// Set up HW queue `index` on guest memory at `base_iova` in the nesting parent, which is
+    /// pinned and physically at `base_pa` (Linux `hw_queue_init_phys`). Returns the index of
+    /// a queue the new one depends on, which may then not be destroyed before it.
+    ///
+    /// # Errors
+    /// [`crate::CoreError::NotSupported`] by default; the driver's checks.
+    fn hw_queue_init_phys(
+        &self,
+        _index: u32,
+        _base_iova: u64,
+        _base_pa: PhysAddr,
+    ) -> Result<Option<u32>> {
+        Err(crate::CoreError::NotSupported)
+    }
+
+    /// HW queue `index` is gone (Linux: the HW queue's `destroy`).
+    fn hw_queue_destroy(&self, _index: u32) {}
+
     /// For drivers: downcasting to their own type.
     fn as_any(&self) -> &dyn Any;
 }

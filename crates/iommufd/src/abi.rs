@@ -134,6 +134,12 @@ pub const IOMMU_TEST_CMD: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_TEST);
 pub const IOMMU_VIOMMU_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_VIOMMU_ALLOC);
 /// Create a virtual device: a device as a vIOMMU's guest sees it.
 pub const IOMMU_VDEVICE_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_VDEVICE_ALLOC);
+/// Create a HW queue of a vIOMMU on guest memory.
+pub const IOMMU_HW_QUEUE_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_HW_QUEUE_ALLOC);
+/// HW queue type: none (refused).
+pub const IOMMU_HW_QUEUE_TYPE_DEFAULT: u32 = 0;
+/// HW queue type of the mock driver.
+pub const IOMMU_HW_QUEUE_TYPE_SELFTEST: u32 = 0xdead_beef;
 /// Create a vIOMMU event queue and its fd.
 pub const IOMMU_VEVENTQ_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_VEVENTQ_ALLOC);
 
@@ -505,6 +511,27 @@ uapi! {
         pub out_veventq_fd: u32,
         /// Must be 0.
         pub reserved: u32,
+    }
+
+    /// `struct iommu_hw_queue_alloc` (40 bytes), for [`IOMMU_HW_QUEUE_ALLOC`]. Min size 40
+    /// (`length`).
+    pub struct IommuHwQueueAlloc {
+        /// `sizeof` the caller's struct.
+        pub size: u32,
+        /// Must be 0.
+        pub flags: u32,
+        /// The vIOMMU.
+        pub viommu_id: u32,
+        /// `IOMMU_HW_QUEUE_TYPE_*` (C: `type`).
+        pub queue_type: u32,
+        /// The queue's index on the vIOMMU.
+        pub index: u32,
+        /// Output: the new HW queue object id.
+        pub out_hw_queue_id: u32,
+        /// Guest queue address in the vIOMMU's nesting parent.
+        pub nesting_parent_iova: u64,
+        /// Bytes of the guest queue.
+        pub length: u64,
     }
 
     /// `struct iommu_vdevice_alloc` (24 bytes), for [`IOMMU_VDEVICE_ALLOC`]. Min size 24

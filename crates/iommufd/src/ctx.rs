@@ -296,6 +296,13 @@ static OPS: &[IoctlOp<Call>] = &[
     )
     .only_if(crate::version::since_7_3),
     op!(
+        IOMMU_HW_QUEUE_ALLOC,
+        crate::viommu::hw_queue_alloc,
+        IommuHwQueueAlloc,
+        length
+    )
+    .only_if(crate::version::since_7_3),
+    op!(
         IOMMU_TEST_CMD,
         crate::selftest::test_cmd,
         IommuTestCmd,

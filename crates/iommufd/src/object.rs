@@ -97,6 +97,8 @@ pub enum ObjectKind {
     Vdevice = 9,
     /// A vIOMMU event queue; its fd holds a user (Linux ≥ 6.15).
     Veventq = 10,
+    /// A HW queue of a vIOMMU on pinned guest memory (Linux ≥ 6.17).
+    HwQueue = 11,
 }
 
 impl ObjectKind {
@@ -113,6 +115,7 @@ impl ObjectKind {
             ObjectKind::Viommu => "VIOMMU",
             ObjectKind::Vdevice => "VDEVICE",
             ObjectKind::Veventq => "VEVENTQ",
+            ObjectKind::HwQueue => "HW_QUEUE",
         }
     }
 }

@@ -9,8 +9,12 @@
 //! * A [`Vdevice`] ties one bound device to one vIOMMU under a virtual id. It keeps its vIOMMU
 //!   alive; the device knows its vDEVICE (`idev->vdev`), so a device has at most one.
 //!
-//! Event queues of a vIOMMU are [`crate::eventq`]'s. Not yet: HW queues and the vIOMMU's
-//! mmap region (issue 9).
+//! * A [`HwQueue`] is a guest queue the IOMMU reads by physical address: its guest memory,
+//!   at an IOVA of the nesting parent, stays pinned (and unmappable: `EBUSY`) while it exists,
+//!   through an internal access of its own.
+//!
+//! Event queues of a vIOMMU are [`crate::eventq`]'s. Not yet: the vIOMMU's mmap region
+//! (issue 9).
 //!
 //! # Locking
 //! A vIOMMU's `vdevs` mutex and a device's `vdev` slot are leaves; the driver's
@@ -23,14 +27,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use uiommu_core::{DeviceId, InstanceId, ViommuOps};
 
 use crate::abi::*;
+use crate::access::{self, Access, AccessOps};
 use crate::ctx::Call;
+use crate::ctx::IommufdCtx;
 use crate::device::Device;
 use crate::errno::Errno;
 use crate::eventq::VeventQueue;
 use crate::hwpt::{core_errno, HwptPaging};
 use crate::ioctl::Ucmd;
 use crate::object::{ObjId, ObjectKind, ObjectPayload, UsersRef};
-use crate::user_memory::UserVa;
+use crate::user_memory::{UserVa, PAGE_SIZE};
+use uiommu_core::{Iova, PhysAddr};
 
 /// The largest driver payload of `IOMMU_VIOMMU_ALLOC` read from the user: far above any
 /// driver's struct, and bytes past it are left for the driver's zero check to never see.
@@ -47,6 +54,8 @@ pub struct Viommu {
     vdevs: Mutex<BTreeMap<u64, DeviceId>>,
     /// Its event queues, one per type (`viommu->veventqs`), see [`crate::eventq`].
     veventqs: Mutex<Vec<Arc<VeventQueue>>>,
+    /// HW queue index → object id, for the driver's dependencies between queues.
+    hw_queues: Mutex<BTreeMap<u32, ObjId>>,
 }
 
 impl fmt::Debug for Viommu {
@@ -104,6 +113,21 @@ impl Viommu {
             .iter()
             .find(|(_, &d)| d == dev)
             .map(|(&virt_id, _)| virt_id)
+    }
+
+    fn hw_queue_id(&self, index: u32) -> Option<ObjId> {
+        self.hw_queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&index)
+            .copied()
+    }
+
+    fn set_hw_queue_id(&self, index: u32, id: ObjId) {
+        self.hw_queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(index, id);
     }
 
     pub(crate) fn lock_veventqs(&self) -> MutexGuard<'_, Vec<Arc<VeventQueue>>> {
@@ -258,6 +282,7 @@ pub(crate) fn viommu_alloc(
         ops,
         vdevs: Mutex::new(BTreeMap::new()),
         veventqs: Mutex::new(Vec::new()),
+        hw_queues: Mutex::new(BTreeMap::new()),
     });
     Ok(())
 }
@@ -310,5 +335,180 @@ pub(crate) fn vdevice_alloc(
     *slot = Some(reservation.id());
     drop(slot);
     reservation.finalize(vdevice);
+    Ok(())
+}
+
+/// A HW queue (`struct iommufd_hw_queue`).
+pub struct HwQueue {
+    viommu: UsersRef<Viommu>,
+    index: u32,
+    /// The internal access pinning the queue's pages, and the pinned range.
+    access: Option<UsersRef<Access>>,
+    pinned: (Iova, u64),
+    /// The queue this one depends on (`iommufd_hw_queue_depend()`).
+    _depends_on: Option<UsersRef<HwQueue>>,
+    ctx: std::sync::Weak<IommufdCtx>,
+    _ops: Arc<InternalAccess>,
+}
+
+impl fmt::Debug for HwQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HwQueue")
+            .field("viommu", &self.viommu.id())
+            .field("index", &self.index)
+            .field("pinned", &self.pinned)
+            .finish()
+    }
+}
+
+impl ObjectPayload for HwQueue {
+    const KIND: ObjectKind = ObjectKind::HwQueue;
+}
+
+impl HwQueue {
+    /// The queue's index on its vIOMMU.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+}
+
+impl Drop for HwQueue {
+    /// `iommufd_hw_queue_destroy()`: the driver's destroy, then unpin and drop the access.
+    fn drop(&mut self) {
+        self.viommu.ops.hw_queue_destroy(self.index);
+        if let Some(access) = self.access.take() {
+            release_internal_access(self.ctx.upgrade().as_deref(), access, self.pinned);
+        }
+    }
+}
+
+/// The ops of a HW queue's internal access: its pins are locked, so unmaps never reach it.
+#[derive(Debug)]
+pub(crate) struct InternalAccess;
+
+impl AccessOps for InternalAccess {
+    fn unmap(&self, _iova: Iova, _length: u64) {}
+}
+
+fn release_internal_access(
+    ctx: Option<&IommufdCtx>,
+    access: UsersRef<Access>,
+    pinned: (Iova, u64),
+) {
+    access.unpin_locked_pages(pinned.0, pinned.1);
+    access.detach();
+    if let Some(ctx) = ctx {
+        if let Err(err) = access::destroy(ctx, access) {
+            debug_assert_eq!(err, Errno::EBUSY);
+        }
+    }
+}
+
+/// `iommufd_hw_queue_alloc_phys()`: pin the queue's pages through an internal access on the
+/// parent's IOAS; they must be physically contiguous. Returns the access, the pinned range and
+/// the queue's physical address.
+fn hw_queue_pin(
+    call: &Call,
+    viommu: &Viommu,
+    ops: &Arc<InternalAccess>,
+    iova: u64,
+    length: u64,
+) -> Result<(UsersRef<Access>, (Iova, u64), PhysAddr), Errno> {
+    let aligned = iova & !(PAGE_SIZE - 1);
+    let offset = iova - aligned;
+    let span = offset
+        .checked_add(length)
+        .and_then(|n| n.checked_add(PAGE_SIZE - 1))
+        .ok_or(Errno::ERANGE)?
+        & !(PAGE_SIZE - 1);
+    let weak_ops: std::sync::Weak<dyn AccessOps> = {
+        let ops: Arc<dyn AccessOps> = ops.clone();
+        Arc::downgrade(&ops)
+    };
+    let access = access::create(&call.ctx, weak_ops, true)?;
+    let undo = |access: UsersRef<Access>| {
+        if let Err(err) = access::destroy(&call.ctx, access) {
+            debug_assert_eq!(err, Errno::EBUSY);
+        }
+    };
+    if let Err(err) = access.attach(&call.ctx, viommu.parent().ioas_id()) {
+        undo(access);
+        return Err(err);
+    }
+    let pages = match access.pin_locked_pages(Iova(aligned), span, false) {
+        Ok(pages) => pages,
+        Err(err) => {
+            access.detach();
+            undo(access);
+            return Err(err);
+        }
+    };
+    let contiguous = pages.windows(2).all(|w| w[1].0 == w[0].0 + PAGE_SIZE);
+    if !contiguous {
+        access.unpin_locked_pages(Iova(aligned), span);
+        access.detach();
+        undo(access);
+        return Err(Errno::EFAULT);
+    }
+    let base_pa = PhysAddr(pages[0].0 + offset);
+    Ok((access, (Iova(aligned), span), base_pa))
+}
+
+/// `IOMMU_HW_QUEUE_ALLOC` (`iommufd_hw_queue_alloc_ioctl()`).
+///
+/// # Errors
+/// In the kernel's order: flags, or the DEFAULT type → `EOPNOTSUPP`; `length` 0 → `EINVAL`;
+/// the range wraps → `EOVERFLOW`; unknown vIOMMU → `ENOENT`; no HW queue of that type →
+/// `EOPNOTSUPP`; id reservation → `ENOMEM`; pinning: an unmapped range → `ENOENT` (and the
+/// other pin errors), physically scattered pages → `EFAULT`; the driver's checks (mock: index
+/// out of range `EINVAL`, taken `EEXIST`, out of order `EIO`); the response → `EFAULT`.
+pub(crate) fn hw_queue_alloc(
+    call: &Call,
+    ucmd: &mut Ucmd<'_, IommuHwQueueAlloc>,
+) -> Result<(), Errno> {
+    let cmd = ucmd.cmd;
+    if cmd.flags != 0 || cmd.queue_type == IOMMU_HW_QUEUE_TYPE_DEFAULT {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    if cmd.length == 0 {
+        return Err(Errno::EINVAL);
+    }
+    cmd.nesting_parent_iova
+        .checked_add(cmd.length - 1)
+        .ok_or(Errno::EOVERFLOW)?;
+    let objects = call.ctx.objects();
+    let viommu = objects.get::<Viommu>(ObjId(cmd.viommu_id))?;
+    if !viommu.ops.hw_queue_supported(cmd.queue_type) {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    let reservation = objects.reserve::<HwQueue>()?;
+    let ops = Arc::new(InternalAccess);
+    let (access, pinned, base_pa) =
+        hw_queue_pin(call, &viommu, &ops, cmd.nesting_parent_iova, cmd.length)?;
+    let depends = match viommu
+        .ops
+        .hw_queue_init_phys(cmd.index, cmd.nesting_parent_iova, base_pa)
+    {
+        Ok(depends) => depends,
+        Err(err) => {
+            release_internal_access(Some(&call.ctx), access, pinned);
+            return Err(core_errno(err));
+        }
+    };
+    let depends_on = depends.and_then(|index| viommu.hw_queue_id(index));
+    let queue = HwQueue {
+        viommu: viommu.users_ref(),
+        index: cmd.index,
+        access: Some(access),
+        pinned,
+        _depends_on: depends_on
+            .and_then(|id| objects.get::<HwQueue>(id).ok().map(|q| q.users_ref())),
+        ctx: Arc::downgrade(&call.ctx),
+        _ops: ops,
+    };
+    ucmd.cmd.out_hw_queue_id = reservation.id().raw();
+    ucmd.respond()?;
+    viommu.set_hw_queue_id(cmd.index, reservation.id());
+    reservation.finalize(queue);
     Ok(())
 }

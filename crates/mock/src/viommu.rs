@@ -5,11 +5,18 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use uiommu_core::{CoreError, DeviceId, Domain, DomainOps, Result, UserData, ViommuOps};
+use uiommu_core::{
+    CoreError, DeviceId, Domain, DomainOps, Iova, PhysAddr, Result, UserData, ViommuOps,
+};
 
 use crate::domain::MockNestedDomain;
 use crate::driver::{selftest_user_data, DeviceTable};
 use crate::IOMMU_TEST_INVALIDATE_FLAG_ALL;
+
+/// `IOMMU_HW_QUEUE_TYPE_SELFTEST`.
+const IOMMU_HW_QUEUE_TYPE_SELFTEST: u32 = 0xdead_beef;
+/// HW queue indexes of a mock vIOMMU (`IOMMU_TEST_HW_QUEUE_MAX`).
+const IOMMU_TEST_HW_QUEUE_MAX: u32 = 2;
 
 /// `IOMMU_HWPT_ALLOC_PASID`, the one flag a nested domain on the mock vIOMMU takes.
 const IOMMU_HWPT_ALLOC_PASID: u32 = 1 << 3;
@@ -64,6 +71,8 @@ pub(crate) struct MockViommu {
     /// The nesting parent (`s2_parent`).
     parent: Arc<Domain>,
     vdevs: VdevTable,
+    /// Which HW queue indexes are set up (`hw_queue[]`, under `queue_mutex`).
+    hw_queues: Mutex<[bool; IOMMU_TEST_HW_QUEUE_MAX as usize]>,
 }
 
 impl MockViommu {
@@ -88,6 +97,7 @@ impl MockViommu {
             devices,
             parent,
             vdevs: VdevTable::default(),
+            hw_queues: Mutex::new([false; IOMMU_TEST_HW_QUEUE_MAX as usize]),
         })
     }
 }
@@ -181,6 +191,50 @@ impl ViommuOps for MockViommu {
         Ok(Box::new(
             MockNestedDomain::new(self.parent.clone(), iotlb).on_viommu(self.vdevs.clone()),
         ))
+    }
+
+    fn hw_queue_supported(&self, queue_type: u32) -> bool {
+        queue_type == IOMMU_HW_QUEUE_TYPE_SELFTEST
+    }
+
+    /// `mock_hw_queue_init_phys()`: indexes are taken in order (each depends on the one
+    /// before), and the physical address iommufd found must be the parent's translation.
+    fn hw_queue_init_phys(
+        &self,
+        index: u32,
+        base_iova: u64,
+        base_pa: PhysAddr,
+    ) -> Result<Option<u32>> {
+        if index >= IOMMU_TEST_HW_QUEUE_MAX {
+            return Err(CoreError::Invalid("HW queue index out of range"));
+        }
+        let mut queues = self
+            .hw_queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if queues[index as usize] {
+            return Err(CoreError::Exists);
+        }
+        let prev = index.checked_sub(1);
+        if prev.is_some_and(|prev| !queues[prev as usize]) {
+            return Err(CoreError::Io("the previous HW queue is not set up"));
+        }
+        // Linux answers EFAULT here; it catches only an iommufd bug, never a user's.
+        if self.parent.iova_to_phys(Iova(base_iova)) != Some(base_pa) {
+            return Err(CoreError::Io("HW queue address mistranslated"));
+        }
+        queues[index as usize] = true;
+        Ok(prev)
+    }
+
+    fn hw_queue_destroy(&self, index: u32) {
+        let mut queues = self
+            .hw_queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(queue) = queues.get_mut(index as usize) {
+            *queue = false;
+        }
     }
 
     fn vdevice_init(&self, virt_id: u64, dev: DeviceId) -> Result<()> {
