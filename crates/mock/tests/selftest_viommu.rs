@@ -531,3 +531,98 @@ fn vevents_reach_the_queue_in_sequence_and_overflow_as_lost_events() {
     assert_eq!(read_fd(&env, fd, 64), Ok(record(0, 4, Some(0x99))));
     env.replace(stdev, parent).unwrap();
 }
+
+fn hw_queue_alloc(
+    env: &Env,
+    viommu: u32,
+    queue_type: u32,
+    index: u32,
+    iova: u64,
+    length: u64,
+) -> Result<u32, Errno> {
+    let mut cmd = IommuHwQueueAlloc {
+        size: size_of::<IommuHwQueueAlloc>() as u32,
+        viommu_id: viommu,
+        queue_type,
+        index,
+        nesting_parent_iova: iova,
+        length,
+        ..Default::default()
+    };
+    env.ioctl(IOMMU_HW_QUEUE_ALLOC, &mut cmd)?;
+    Ok(cmd.out_hw_queue_id)
+}
+
+#[test]
+fn hw_queue_alloc_checks_in_kernel_order_and_locks_its_pages() {
+    let env = Env::new();
+    let ioas = env.ioas_alloc();
+    let (_, _, idev) = env.mock_domain(ioas).unwrap();
+    let parent = env
+        .hwpt_alloc(idev, ioas, IOMMU_HWPT_ALLOC_NEST_PARENT)
+        .unwrap();
+    let viommu = viommu_alloc(&env, 0, IOMMU_VIOMMU_TYPE_SELFTEST, idev, parent, 0, 0).unwrap();
+    let ty = IOMMU_HW_QUEUE_TYPE_SELFTEST;
+    let iova = BASE_IOVA;
+    let q = |ty, index, iova, len| hw_queue_alloc(&env, viommu, ty, index, iova, len);
+    assert_eq!(
+        q(IOMMU_HW_QUEUE_TYPE_DEFAULT, 0, iova, PAGE),
+        Err(Errno::EOPNOTSUPP)
+    );
+    assert_eq!(q(ty, 0, iova, 0), Err(Errno::EINVAL), "length 0");
+    assert_eq!(q(ty, 0, u64::MAX, PAGE), Err(Errno::EOVERFLOW));
+    assert_eq!(
+        hw_queue_alloc(&env, parent, ty, 0, iova, PAGE),
+        Err(Errno::ENOENT),
+        "no vIOMMU"
+    );
+    assert_eq!(
+        q(ty + 1, 0, iova, PAGE),
+        Err(Errno::EOPNOTSUPP),
+        "a type the mock lacks"
+    );
+    assert_eq!(
+        q(ty, 0, iova, PAGE),
+        Err(Errno::ENOENT),
+        "nothing mapped there"
+    );
+
+    let buf = Buffer::new(2 * PAGE as usize);
+    env.map(ioas, buf.addr(), PAGE, iova).unwrap();
+    env.map(ioas, buf.addr() + PAGE, PAGE, iova + PAGE).unwrap();
+    assert_eq!(
+        q(ty, 1, iova, PAGE),
+        Err(Errno::EIO),
+        "index 1 before index 0"
+    );
+    assert_eq!(
+        q(ty, 2, iova, PAGE),
+        Err(Errno::EINVAL),
+        "index past the mock's two"
+    );
+    let first = q(ty, 0, iova, PAGE).unwrap();
+    assert_eq!(q(ty, 0, iova, PAGE), Err(Errno::EEXIST));
+    assert_eq!(
+        env.unmap(ioas, iova, PAGE),
+        Err(Errno::EBUSY),
+        "the queue's page is locked"
+    );
+    env.unmap(ioas, iova + PAGE, PAGE)
+        .expect("the second page is not the queue's");
+    let second = q(ty, 1, iova + PAGE / 2, PAGE / 2).unwrap();
+    assert_eq!(
+        env.destroy(first),
+        Err(Errno::EBUSY),
+        "the second queue depends on it"
+    );
+    assert_eq!(
+        env.destroy(viommu),
+        Err(Errno::EBUSY),
+        "queues hold their vIOMMU"
+    );
+    env.destroy(second).unwrap();
+    env.destroy(first).unwrap();
+    env.unmap(ioas, iova, PAGE)
+        .expect("unlocked with its last queue");
+    env.destroy(viommu).unwrap();
+}
