@@ -404,16 +404,24 @@ fn release_internal_access(
     }
 }
 
+/// A HW queue's pinned guest memory.
+struct PinnedQueue {
+    access: UsersRef<Access>,
+    /// The pinned, page-aligned range.
+    range: (Iova, u64),
+    /// The physical address of the queue's first byte.
+    base_pa: PhysAddr,
+}
+
 /// `iommufd_hw_queue_alloc_phys()`: pin the queue's pages through an internal access on the
-/// parent's IOAS; they must be physically contiguous. Returns the access, the pinned range and
-/// the queue's physical address.
+/// parent's IOAS; they must be physically contiguous.
 fn hw_queue_pin(
     call: &Call,
     viommu: &Viommu,
     ops: &Arc<InternalAccess>,
     iova: u64,
     length: u64,
-) -> Result<(UsersRef<Access>, (Iova, u64), PhysAddr), Errno> {
+) -> Result<PinnedQueue, Errno> {
     let aligned = iova & !(PAGE_SIZE - 1);
     let offset = iova - aligned;
     let span = offset
@@ -450,8 +458,11 @@ fn hw_queue_pin(
         undo(access);
         return Err(Errno::EFAULT);
     }
-    let base_pa = PhysAddr(pages[0].0 + offset);
-    Ok((access, (Iova(aligned), span), base_pa))
+    Ok(PinnedQueue {
+        access,
+        range: (Iova(aligned), span),
+        base_pa: PhysAddr(pages[0].0 + offset),
+    })
 }
 
 /// `IOMMU_HW_QUEUE_ALLOC` (`iommufd_hw_queue_alloc_ioctl()`).
@@ -483,8 +494,11 @@ pub(crate) fn hw_queue_alloc(
     }
     let reservation = objects.reserve::<HwQueue>()?;
     let ops = Arc::new(InternalAccess);
-    let (access, pinned, base_pa) =
-        hw_queue_pin(call, &viommu, &ops, cmd.nesting_parent_iova, cmd.length)?;
+    let PinnedQueue {
+        access,
+        range: pinned,
+        base_pa,
+    } = hw_queue_pin(call, &viommu, &ops, cmd.nesting_parent_iova, cmd.length)?;
     let depends = match viommu
         .ops
         .hw_queue_init_phys(cmd.index, cmd.nesting_parent_iova, base_pa)
