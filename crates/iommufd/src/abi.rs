@@ -134,6 +134,8 @@ pub const IOMMU_TEST_CMD: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_TEST);
 pub const IOMMU_VIOMMU_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_VIOMMU_ALLOC);
 /// Create a virtual device: a device as a vIOMMU's guest sees it.
 pub const IOMMU_VDEVICE_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_VDEVICE_ALLOC);
+/// Move the pin accounting of file-backed mappings to the calling process.
+pub const IOMMU_IOAS_CHANGE_PROCESS: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_CHANGE_PROCESS);
 /// Create a HW queue of a vIOMMU on guest memory.
 pub const IOMMU_HW_QUEUE_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_HW_QUEUE_ALLOC);
 /// HW queue type: none (refused).
@@ -509,6 +511,15 @@ uapi! {
         pub out_veventq_id: u32,
         /// Output: the queue's fd.
         pub out_veventq_fd: u32,
+        /// Must be 0.
+        pub reserved: u32,
+    }
+
+    /// `struct iommu_ioas_change_process` (8 bytes), for [`IOMMU_IOAS_CHANGE_PROCESS`]. Min
+    /// size 8 (`__reserved`).
+    pub struct IommuIoasChangeProcess {
+        /// `sizeof` the caller's struct.
+        pub size: u32,
         /// Must be 0.
         pub reserved: u32,
     }

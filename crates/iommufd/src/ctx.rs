@@ -289,6 +289,13 @@ static OPS: &[IoctlOp<Call>] = &[
     )
     .only_if(crate::version::since_7_3),
     op!(
+        IOMMU_IOAS_CHANGE_PROCESS,
+        ioas::change_process,
+        IommuIoasChangeProcess,
+        reserved
+    )
+    .only_if(crate::version::since_7_3),
+    op!(
         IOMMU_VEVENTQ_ALLOC,
         crate::eventq::veventq_alloc,
         IommuVeventqAlloc,

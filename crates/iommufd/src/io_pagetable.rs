@@ -755,6 +755,16 @@ impl IoPagetable {
             .fold(u64::MAX, |bitmap, domain| bitmap & domain.pgsize_bitmap())
     }
 
+    /// Whether the lowest area, if any, is still being created or destroyed (`Some(true)`) or
+    /// published (`Some(false)`); `None` without areas.
+    pub fn first_area_busy(&self) -> Option<bool> {
+        read(&self.iova)
+            .areas
+            .values()
+            .next()
+            .map(|area| !area.published)
+    }
+
     /// A snapshot of the published areas, in IOVA order.
     pub fn areas(&self) -> Vec<AreaInfo> {
         read(&self.iova)

@@ -254,6 +254,19 @@ impl ObjectTable {
         self.lock().slots.is_empty()
     }
 
+    /// The ids of the published objects of `kind`, in id order (a snapshot, for commands that
+    /// act on every object of a kind: `iommufd_take_all_iova_rwsem()`).
+    pub fn ids_of_kind(&self, kind: ObjectKind) -> Vec<ObjId> {
+        self.lock()
+            .slots
+            .iter()
+            .filter_map(|(&id, slot)| match slot {
+                Slot::Published { header, .. } if header.kind == kind => Some(ObjId(id)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Reserve the lowest free id for a new `T`, invisible to lookups until
     /// [`Reservation::finalize`] (`iommufd_object_alloc()`). Dropping the reservation frees it.
     ///
