@@ -1073,7 +1073,7 @@ pub const MOCK_IOMMUPT_DEFAULT: u32 = 0;
 pub const MOCK_IOMMUPT_HUGE: u32 = 1;
 /// vIOMMU type of the mock driver.
 pub const IOMMU_VIOMMU_TYPE_SELFTEST: u32 = 0xdead_beef;
-/// Invalidation data type of [`IommuViommuInvalidateSelftest`] (sent to a mock vIOMMU).
+/// Invalidation data type of `struct iommu_viommu_invalidate_selftest` (sent to a mock vIOMMU).
 pub const IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST: u32 = 0xdead_beef;
 /// Default IOTLB value for mock nested domains.
 pub const IOMMU_TEST_IOTLB_DEFAULT: u32 = 0x0bad_beef;

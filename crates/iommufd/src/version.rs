@@ -3,7 +3,7 @@
 //! A few ioctls answer differently in the two kernels (a new errno, a new ioctl, a larger
 //! struct); every such place asks [`Iommufd::kernel_version`] and the table of all differences
 //! is in `conformance/README.md`. Commands Linux 6.12 did not have are absent from the ioctl
-//! table under 6.12 ([`since_7_3`]), so they answer `ENOTTY` as 6.12 does.
+//! table under 6.12 (`since_7_3`), so they answer `ENOTTY` as 6.12 does.
 //!
 //! A new [`Iommufd`] starts from [`KernelVersion::from_env`]: the environment variable
 //! `UIOMMU_KERNEL` (`6.12` or `7.3`), so that a process serving `/dev/iommu` through the

@@ -87,7 +87,7 @@ pub(crate) struct MockDeviceState {
     pub(crate) flags: MockDeviceFlags,
     /// The device's cache tags, cleared by invalidations through a mock vIOMMU.
     pub(crate) cache: [u32; MOCK_DEV_CACHE_NUM],
-    /// The next attach of PASID [`IOMMU_TEST_PASID_RESERVED`] fails (`pasid_1024_fake_error`).
+    /// The next attach of PASID `IOMMU_TEST_PASID_RESERVED` fails (`pasid_1024_fake_error`).
     pasid_reserved_fails: bool,
 }
 
@@ -369,7 +369,7 @@ impl IommuOps for MockIommu {
     }
 
     /// `mock_domain_set_dev_pasid_nop()`: accepted, except that attaches of PASID
-    /// [`IOMMU_TEST_PASID_RESERVED`] alternate between success and `ENOMEM`, so the core's
+    /// `IOMMU_TEST_PASID_RESERVED` (1024) alternate between success and `ENOMEM`, so the core's
     /// undo of a failed replace can be tested; blocking it resets the alternation.
     fn set_dev_pasid(
         &self,

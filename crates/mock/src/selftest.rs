@@ -1,8 +1,10 @@
 //! `IOMMU_TEST_CMD`: the mock driver's side of the iommufd selftest (Linux `selftest.c`).
 //!
 //! [`MockSelftest`] implements iommufd's [`SelftestHook`]; [`MockSelftest::install`] registers
-//! it on a `/dev/iommu`. Every `IOMMU_TEST_OP_*` of the 6.12 test header is served here, with
-//! the kernel's checks in the kernel's order, through iommufd's public test API only:
+//! it on a `/dev/iommu`. Every `IOMMU_TEST_OP_*` of the 6.12 test header is served here, and
+//! of 7.3's the device cache check, `TRIGGER_VEVENT` and the PASID ops (under 6.12, see
+//! iommufd's `version` module, those answer `EOPNOTSUPP`; the dma-buf ops are not served yet),
+//! with the kernel's checks in the kernel's order, through iommufd's public test API only:
 //!
 //! * `MOCK_DOMAIN[_FLAGS]` creates a mock device on the mock bus (its fwspec names the mock's
 //!   fwnode, so the core routes it here), binds it to the context and attaches it; the result
