@@ -289,6 +289,108 @@ pub trait IommuOps: Send + Sync + fmt::Debug {
     fn max_pasids(&self, _dev: &DeviceInfo<'_>) -> u32 {
         0
     }
+
+    /// Point PASID `pasid` of `dev` at `domain`, or back at blocking DMA with `None` (Linux:
+    /// the domain's `set_dev_pasid`, or the blocked domain's). The core has checked the PASID
+    /// against [`IommuOps::max_pasids`].
+    ///
+    /// # Errors
+    /// [`crate::CoreError::NotSupported`] by default (no PASID support); the driver's error,
+    /// after which the PASID keeps what it had.
+    fn set_dev_pasid(
+        &self,
+        _dev: &DeviceInfo<'_>,
+        _pasid: u32,
+        _domain: Option<&Arc<Domain>>,
+    ) -> Result<()> {
+        Err(crate::CoreError::NotSupported)
+    }
+
+    /// Whether the IOMMU serving `dev` offers virtual IOMMUs of `viommu_type` (Linux: a
+    /// non-zero `get_viommu_size()`).
+    fn viommu_supported(&self, _dev: &DeviceInfo<'_>, _viommu_type: u32) -> bool {
+        false
+    }
+
+    /// Create a virtual IOMMU of `viommu_type` for `dev` over the nesting parent `parent`
+    /// (Linux `viommu_init()`). `data` is the user's driver data (`data_uptr`/`data_len`), which
+    /// the driver reads and may fill in; the caller copies it back.
+    ///
+    /// # Errors
+    /// [`crate::CoreError::NotSupported`] by default; the driver's checks of `data`.
+    fn viommu_init(
+        &self,
+        _dev: &DeviceInfo<'_>,
+        _viommu_type: u32,
+        _parent: &Arc<Domain>,
+        _data: Option<&mut [u8]>,
+    ) -> Result<Box<dyn ViommuOps>> {
+        Err(crate::CoreError::NotSupported)
+    }
+}
+
+/// A virtual IOMMU's driver half (Linux `struct iommufd_viommu_ops`): what the driver does for
+/// a guest's commands to its vIOMMU. Dropping it is the driver's `destroy`.
+pub trait ViommuOps: Send + Sync + fmt::Debug {
+    /// Handle `entries` (`entry_len` bytes each) of user cache-invalidation requests of
+    /// `data_type` (Linux `cache_invalidate`); `find_dev` resolves a virtual device id of this
+    /// vIOMMU to its device. Returns how many entries were handled and the result.
+    fn cache_invalidate(
+        &self,
+        _data_type: u32,
+        _entry_len: u32,
+        _entries: &[u8],
+        _find_dev: &dyn Fn(u64) -> Option<DeviceId>,
+    ) -> (u32, Result<()>) {
+        (0, Err(crate::CoreError::NotSupported))
+    }
+
+    /// A nested domain on this vIOMMU (Linux `alloc_domain_nested`), described by the user's
+    /// `data`; `flags` are `IOMMU_HWPT_ALLOC_*` without `FAULT_ID_VALID`.
+    ///
+    /// # Errors
+    /// [`crate::CoreError::NotSupported`] by default; the driver's checks of `flags` and `data`.
+    fn alloc_domain_nested(&self, _flags: u32, _data: UserData<'_>) -> Result<Box<dyn DomainOps>> {
+        Err(crate::CoreError::NotSupported)
+    }
+
+    /// A virtual device `virt_id` now stands for `dev` on this vIOMMU (Linux `vdevice_init`).
+    ///
+    /// # Errors
+    /// The driver refuses the device; by default it accepts.
+    fn vdevice_init(&self, _virt_id: u64, _dev: DeviceId) -> Result<()> {
+        Ok(())
+    }
+
+    /// Virtual device `virt_id` is gone (Linux: the vDEVICE's `destroy`).
+    fn vdevice_destroy(&self, _virt_id: u64) {}
+
+    /// Whether the vIOMMU has HW queues of `queue_type` (Linux: a non-zero
+    /// `get_hw_queue_size()`).
+    fn hw_queue_supported(&self, _queue_type: u32) -> bool {
+        false
+    }
+
+    /// Set up HW queue `index` on guest memory at `base_iova` in the nesting parent, which is
+    /// pinned and physically at `base_pa` (Linux `hw_queue_init_phys`). Returns the index of
+    /// a queue the new one depends on, which may then not be destroyed before it.
+    ///
+    /// # Errors
+    /// [`crate::CoreError::NotSupported`] by default; the driver's checks.
+    fn hw_queue_init_phys(
+        &self,
+        _index: u32,
+        _base_iova: u64,
+        _base_pa: PhysAddr,
+    ) -> Result<Option<u32>> {
+        Err(crate::CoreError::NotSupported)
+    }
+
+    /// HW queue `index` is gone (Linux: the HW queue's `destroy`).
+    fn hw_queue_destroy(&self, _index: u32) {}
+
+    /// For drivers: downcasting to their own type.
+    fn as_any(&self) -> &dyn Any;
 }
 
 /// A domain's operations (Linux `struct iommu_domain_ops`). Page-size splitting, alignment

@@ -34,6 +34,10 @@ pub enum CoreError {
     /// A driver's request to its hardware failed (`EIO`).
     #[error("I/O error: {0}")]
     Io(&'static str),
+    /// User data carries non-zero bytes past the struct the driver knows (`E2BIG`, as
+    /// `copy_struct_from_user()` answers).
+    #[error("user data larger than the driver's struct")]
+    TooBig,
 }
 
 impl CoreError {
@@ -50,6 +54,7 @@ impl CoreError {
             CoreError::NotFound => 2,           // ENOENT
             CoreError::Exists => 17,            // EEXIST
             CoreError::Io(_) => 5,              // EIO
+            CoreError::TooBig => 7,             // E2BIG
         }
     }
 }

@@ -679,6 +679,83 @@ impl IommuCore {
             .unwrap_or(0)
     }
 
+    /// Attach PASID `pasid` of `dev` to `domain`, or replace what it is attached to (Linux
+    /// `iommu_attach_device_pasid()` / `iommu_replace_device_pasid()`). The core keeps no PASID
+    /// table: its one user, iommufd, keeps the attachments and never attaches a PASID twice.
+    ///
+    /// # Errors
+    /// `NoDevice` without an IOMMU; `NotSupported` when the driver has no PASID support;
+    /// `Invalid` for PASID 0 (the RID), a PASID past the device's [`IommuOps::max_pasids`], or
+    /// a domain of another driver instance; the driver's error.
+    pub fn set_dev_pasid(&self, dev: DeviceId, pasid: u32, domain: &Arc<Domain>) -> Result<()> {
+        let st = self.lock();
+        let (instance, _) = st.bound(dev)?;
+        st.with_driver(dev, |ops, info| {
+            if pasid == 0 || pasid >= ops.max_pasids(info) || domain.instance() != instance {
+                return Err(CoreError::Invalid(
+                    "PASID or domain not usable for this device",
+                ));
+            }
+            ops.set_dev_pasid(info, pasid, Some(domain))
+        })?
+    }
+
+    /// Detach PASID `pasid` of `dev`: its DMA is blocked again (Linux
+    /// `iommu_detach_device_pasid()`). Errors of the driver are not reported, as in Linux.
+    pub fn clear_dev_pasid(&self, dev: DeviceId, pasid: u32) {
+        let st = self.lock();
+        let _ = st.with_driver(dev, |ops, info| ops.set_dev_pasid(info, pasid, None));
+    }
+
+    /// A nested domain for `dev` allocated by `viommu` (Linux
+    /// `viommu->ops->alloc_domain_nested()`), owned by the instance serving `dev`.
+    ///
+    /// # Errors
+    /// `dev` has no IOMMU; the driver's error.
+    pub fn viommu_domain_alloc(
+        &self,
+        dev: DeviceId,
+        viommu: &dyn crate::driver::ViommuOps,
+        flags: u32,
+        data: crate::driver::UserData<'_>,
+    ) -> Result<Arc<Domain>> {
+        let st = self.lock();
+        let (instance, _) = st.bound(dev)?;
+        let ops = st.instance(instance)?.ops.clone();
+        let domain_ops = viommu.alloc_domain_nested(flags, data)?;
+        Ok(Arc::new(Domain::new(
+            DomainType::Nested,
+            instance,
+            ops,
+            domain_ops,
+        )))
+    }
+
+    /// Whether the IOMMU serving `dev` offers vIOMMUs of `viommu_type`.
+    pub fn viommu_supported(&self, dev: DeviceId, viommu_type: u32) -> bool {
+        let st = self.lock();
+        st.with_driver(dev, |ops, info| ops.viommu_supported(info, viommu_type))
+            .unwrap_or(false)
+    }
+
+    /// Create a vIOMMU for `dev` over `parent` (Linux `ops->viommu_init()`), see
+    /// [`IommuOps::viommu_init`].
+    ///
+    /// # Errors
+    /// `dev` has no IOMMU; the driver's error.
+    pub fn viommu_init(
+        &self,
+        dev: DeviceId,
+        viommu_type: u32,
+        parent: &Arc<Domain>,
+        data: Option<&mut [u8]>,
+    ) -> Result<Box<dyn crate::driver::ViommuOps>> {
+        let st = self.lock();
+        st.with_driver(dev, |ops, info| {
+            ops.viommu_init(info, viommu_type, parent, data)
+        })?
+    }
+
     /// Every present device, in the order they were added.
     pub fn devices(&self) -> Vec<DeviceReport> {
         let st = self.lock();

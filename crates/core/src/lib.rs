@@ -78,7 +78,7 @@ pub use device::{BusInfo, BusKind, DeviceDesc, DeviceId, PciAddress, PciFunction
 pub use domain::{Domain, DomainId};
 pub use driver::{
     Aperture, Capability, DeviceInfo, DomainOps, DomainRequest, DomainType, GroupChoice, HwInfo,
-    IommuOps, PagingFlags, ReservedKind, ReservedRegion, UserData,
+    IommuOps, PagingFlags, ReservedKind, ReservedRegion, UserData, ViommuOps,
 };
 pub use error::{CoreError, Result};
 pub use fwnode::{FwNode, Fwspec};

@@ -82,6 +82,18 @@ pub const IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP: u32 = 0x8c;
 pub const IOMMUFD_CMD_HWPT_INVALIDATE: u32 = 0x8d;
 /// Command number of [`IOMMU_FAULT_QUEUE_ALLOC`].
 pub const IOMMUFD_CMD_FAULT_QUEUE_ALLOC: u32 = 0x8e;
+/// Command number of `IOMMU_IOAS_MAP_FILE` (Linux ≥ 6.13).
+pub const IOMMUFD_CMD_IOAS_MAP_FILE: u32 = 0x8f;
+/// Command number of [`IOMMU_VIOMMU_ALLOC`] (Linux ≥ 6.13).
+pub const IOMMUFD_CMD_VIOMMU_ALLOC: u32 = 0x90;
+/// Command number of [`IOMMU_VDEVICE_ALLOC`] (Linux ≥ 6.13).
+pub const IOMMUFD_CMD_VDEVICE_ALLOC: u32 = 0x91;
+/// Command number of `IOMMU_IOAS_CHANGE_PROCESS` (Linux ≥ 6.14).
+pub const IOMMUFD_CMD_IOAS_CHANGE_PROCESS: u32 = 0x92;
+/// Command number of `IOMMU_VEVENTQ_ALLOC` (Linux ≥ 6.15).
+pub const IOMMUFD_CMD_VEVENTQ_ALLOC: u32 = 0x93;
+/// Command number of `IOMMU_HW_QUEUE_ALLOC` (Linux ≥ 6.17).
+pub const IOMMUFD_CMD_HW_QUEUE_ALLOC: u32 = 0x94;
 /// Command number of [`IOMMU_TEST_CMD`] (`IOMMUFD_CMD_BASE + 32`).
 pub const IOMMUFD_CMD_TEST: u32 = IOMMUFD_CMD_BASE + 32;
 
@@ -118,6 +130,27 @@ pub const IOMMU_HWPT_INVALIDATE: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_HWPT_INVALID
 pub const IOMMU_FAULT_QUEUE_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_FAULT_QUEUE_ALLOC);
 /// The selftest's multiplexed test command (`CONFIG_IOMMUFD_TEST`).
 pub const IOMMU_TEST_CMD: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_TEST);
+/// Create a virtual IOMMU on a nesting parent HWPT.
+pub const IOMMU_VIOMMU_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_VIOMMU_ALLOC);
+/// Create a virtual device: a device as a vIOMMU's guest sees it.
+pub const IOMMU_VDEVICE_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_VDEVICE_ALLOC);
+/// Move the pin accounting of file-backed mappings to the calling process.
+pub const IOMMU_IOAS_CHANGE_PROCESS: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_CHANGE_PROCESS);
+/// Create a HW queue of a vIOMMU on guest memory.
+pub const IOMMU_HW_QUEUE_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_HW_QUEUE_ALLOC);
+/// HW queue type: none (refused).
+pub const IOMMU_HW_QUEUE_TYPE_DEFAULT: u32 = 0;
+/// HW queue type of the mock driver.
+pub const IOMMU_HW_QUEUE_TYPE_SELFTEST: u32 = 0xdead_beef;
+/// Create a vIOMMU event queue and its fd.
+pub const IOMMU_VEVENTQ_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_VEVENTQ_ALLOC);
+
+/// vEVENTQ type: none (refused).
+pub const IOMMU_VEVENTQ_TYPE_DEFAULT: u32 = 0;
+/// vEVENTQ type of the mock driver.
+pub const IOMMU_VEVENTQ_TYPE_SELFTEST: u32 = 0xbeef_beef;
+/// vEVENT header flag: this header stands for events dropped while the queue was full.
+pub const IOMMU_VEVENTQ_FLAG_LOST_EVENTS: u32 = 1 << 0;
 
 // ---------------------------------------------------------------------------------------------
 // Command structs and their constants (include/uapi/linux/iommufd.h)
@@ -437,6 +470,95 @@ uapi! {
         /// Output: the new fault fd.
         pub out_fault_fd: u32,
     }
+
+    /// `struct iommu_viommu_alloc` (40 bytes), for [`IOMMU_VIOMMU_ALLOC`]. Min size 24
+    /// (`out_viommu_id`).
+    pub struct IommuViommuAlloc {
+        /// `sizeof` the caller's struct.
+        pub size: u32,
+        /// Must be 0.
+        pub flags: u32,
+        /// `IOMMU_VIOMMU_TYPE_*` (C: `type`).
+        pub viommu_type: u32,
+        /// The DEVICE whose IOMMU backs the vIOMMU.
+        pub dev_id: u32,
+        /// The nesting-parent paging HWPT.
+        pub hwpt_id: u32,
+        /// Output: the new vIOMMU object id.
+        pub out_viommu_id: u32,
+        /// Bytes of driver data at `data_uptr` (in and out).
+        pub data_len: u32,
+        /// Must be 0 (not checked by Linux).
+        pub reserved: u32,
+        /// User pointer to the driver data.
+        pub data_uptr: u64,
+    }
+
+    /// `struct iommu_veventq_alloc` (32 bytes), for [`IOMMU_VEVENTQ_ALLOC`]. Min size 28
+    /// (`out_veventq_fd`).
+    pub struct IommuVeventqAlloc {
+        /// `sizeof` the caller's struct.
+        pub size: u32,
+        /// Must be 0.
+        pub flags: u32,
+        /// The vIOMMU.
+        pub viommu_id: u32,
+        /// `IOMMU_VEVENTQ_TYPE_*` (C: `type`).
+        pub veventq_type: u32,
+        /// Most events queued before LOST_EVENTS (1..=2^19).
+        pub veventq_depth: u32,
+        /// Output: the new vEVENTQ object id.
+        pub out_veventq_id: u32,
+        /// Output: the queue's fd.
+        pub out_veventq_fd: u32,
+        /// Must be 0.
+        pub reserved: u32,
+    }
+
+    /// `struct iommu_ioas_change_process` (8 bytes), for [`IOMMU_IOAS_CHANGE_PROCESS`]. Min
+    /// size 8 (`__reserved`).
+    pub struct IommuIoasChangeProcess {
+        /// `sizeof` the caller's struct.
+        pub size: u32,
+        /// Must be 0.
+        pub reserved: u32,
+    }
+
+    /// `struct iommu_hw_queue_alloc` (40 bytes), for [`IOMMU_HW_QUEUE_ALLOC`]. Min size 40
+    /// (`length`).
+    pub struct IommuHwQueueAlloc {
+        /// `sizeof` the caller's struct.
+        pub size: u32,
+        /// Must be 0.
+        pub flags: u32,
+        /// The vIOMMU.
+        pub viommu_id: u32,
+        /// `IOMMU_HW_QUEUE_TYPE_*` (C: `type`).
+        pub queue_type: u32,
+        /// The queue's index on the vIOMMU.
+        pub index: u32,
+        /// Output: the new HW queue object id.
+        pub out_hw_queue_id: u32,
+        /// Guest queue address in the vIOMMU's nesting parent.
+        pub nesting_parent_iova: u64,
+        /// Bytes of the guest queue.
+        pub length: u64,
+    }
+
+    /// `struct iommu_vdevice_alloc` (24 bytes), for [`IOMMU_VDEVICE_ALLOC`]. Min size 24
+    /// (`virt_id`).
+    pub struct IommuVdeviceAlloc {
+        /// `sizeof` the caller's struct.
+        pub size: u32,
+        /// The vIOMMU.
+        pub viommu_id: u32,
+        /// The DEVICE.
+        pub dev_id: u32,
+        /// Output: the new vDEVICE object id.
+        pub out_vdevice_id: u32,
+        /// The device's id as the guest sees it (a stream id, a device id…).
+        pub virt_id: u64,
+    }
 }
 
 impl IommuHwInfo {
@@ -481,6 +603,13 @@ pub const IOMMU_HWPT_ALLOC_NEST_PARENT: u32 = 1 << 0;
 pub const IOMMU_HWPT_ALLOC_DIRTY_TRACKING: u32 = 1 << 1;
 /// HWPT_ALLOC flag: `fault_id` is valid.
 pub const IOMMU_HWPT_FAULT_ID_VALID: u32 = 1 << 2;
+/// HWPT_ALLOC flag (Linux ≥ 6.14): the HWPT may be attached to PASIDs.
+pub const IOMMU_HWPT_ALLOC_PASID: u32 = 1 << 3;
+
+/// vIOMMU type: a vIOMMU with no driver behind it (only the generic object).
+pub const IOMMU_VIOMMU_TYPE_DEFAULT: u32 = 0;
+/// vIOMMU type: ARM SMMUv3.
+pub const IOMMU_VIOMMU_TYPE_ARM_SMMUV3: u32 = 1;
 
 /// VT-d stage-1 flag: supervisor requests.
 pub const IOMMU_VTD_S1_SRE: u64 = 1 << 0;
@@ -575,6 +704,22 @@ pub const IOMMU_TEST_OP_DIRTY: u32 = 13;
 pub const IOMMU_TEST_OP_MD_CHECK_IOTLB: u32 = 14;
 /// Test op: report a page fault from a mock device ([`TestTriggerIopf`]).
 pub const IOMMU_TEST_OP_TRIGGER_IOPF: u32 = 15;
+/// Test op (Linux ≥ 6.14): compare a mock device's cache slot ([`TestCheckDevCache`]).
+pub const IOMMU_TEST_OP_DEV_CHECK_CACHE: u32 = 16;
+/// Test op (Linux ≥ 6.15): raise a vEVENT for a mock device.
+pub const IOMMU_TEST_OP_TRIGGER_VEVENT: u32 = 17;
+/// Test op (Linux ≥ 6.16): attach a PASID of a mock device.
+pub const IOMMU_TEST_OP_PASID_ATTACH: u32 = 18;
+/// Test op: replace what a PASID of a mock device is attached to.
+pub const IOMMU_TEST_OP_PASID_REPLACE: u32 = 19;
+/// Test op: detach a PASID of a mock device.
+pub const IOMMU_TEST_OP_PASID_DETACH: u32 = 20;
+/// Test op: check what a PASID of a mock device is attached to.
+pub const IOMMU_TEST_OP_PASID_CHECK_HWPT: u32 = 21;
+/// Test op (Linux ≥ 6.19): create an emulated dma-buf.
+pub const IOMMU_TEST_OP_DMABUF_GET: u32 = 22;
+/// Test op: revoke an emulated dma-buf.
+pub const IOMMU_TEST_OP_DMABUF_REVOKE: u32 = 23;
 
 /// Bytes of the union in [`IommuTestCmd`] (its largest member is [`TestDirty`]).
 pub const TEST_CMD_PAYLOAD_SIZE: usize = 48;
@@ -800,6 +945,50 @@ test_payloads! {
         pub iotlb: u32,
     }
 
+    /// `check_dev_cache` (8 bytes at offset 16); `id` of the command is the DEVICE id.
+    IOMMU_TEST_OP_DEV_CHECK_CACHE => pub struct TestCheckDevCache {
+        /// Cache slot (0..=3).
+        pub id: u32,
+        /// Expected value.
+        pub cache: u32,
+    }
+
+    /// `trigger_vevent` (4 bytes at offset 16).
+    IOMMU_TEST_OP_TRIGGER_VEVENT => pub struct TestTriggerVevent {
+        /// DEVICE object id of a mock device.
+        pub dev_id: u32,
+    }
+
+    /// `pasid_attach` (8 bytes at offset 16); `id` of the command is the stdev id.
+    IOMMU_TEST_OP_PASID_ATTACH => pub struct TestPasidAttach {
+        /// The PASID.
+        pub pasid: u32,
+        /// The HWPT (or IOAS) to attach it to.
+        pub pt_id: u32,
+    }
+
+    /// `pasid_replace` (8 bytes at offset 16); `id` of the command is the stdev id.
+    IOMMU_TEST_OP_PASID_REPLACE => pub struct TestPasidReplace {
+        /// The PASID.
+        pub pasid: u32,
+        /// The HWPT (or IOAS) to move it to.
+        pub pt_id: u32,
+    }
+
+    /// `pasid_detach` (4 bytes at offset 16); `id` of the command is the stdev id.
+    IOMMU_TEST_OP_PASID_DETACH => pub struct TestPasidDetach {
+        /// The PASID.
+        pub pasid: u32,
+    }
+
+    /// `pasid_check` (8 bytes at offset 16); `id` of the command is the stdev id.
+    IOMMU_TEST_OP_PASID_CHECK_HWPT => pub struct TestPasidCheck {
+        /// The PASID.
+        pub pasid: u32,
+        /// The HWPT it should be attached to; 0: it should be detached.
+        pub hwpt_id: u32,
+    }
+
     /// `trigger_iopf` (24 bytes at offset 16).
     IOMMU_TEST_OP_TRIGGER_IOPF => pub struct TestTriggerIopf {
         /// DEVICE object id of a mock device.
@@ -828,6 +1017,15 @@ uapi! {
     pub struct IommuHwptSelftest {
         /// Initial value of every IOTLB slot.
         pub iotlb: u32,
+    }
+
+    /// `struct iommu_hwpt_selftest` as Linux 7.3 has it (8 bytes): the 6.12 struct plus the
+    /// mock page-table type, read also for paging (not only nested) allocations.
+    pub struct IommuHwptSelftestPagetable {
+        /// Initial value of every IOTLB slot (nested allocations).
+        pub iotlb: u32,
+        /// [`MOCK_IOMMUPT_DEFAULT`] or [`MOCK_IOMMUPT_HUGE`] (paging allocations).
+        pub pagetable_type: u32,
     }
 
     /// `struct iommu_hwpt_invalidate_selftest` (8 bytes): one mock invalidation entry.
@@ -863,6 +1061,20 @@ pub const MOCK_PASID_WIDTH: u32 = 20;
 pub const MOCK_NESTED_DOMAIN_IOTLB_ID_MAX: u32 = 3;
 /// Number of IOTLB slots of a mock nested domain.
 pub const MOCK_NESTED_DOMAIN_IOTLB_NUM: u32 = 4;
+/// Highest cache slot index of a mock device (Linux ≥ 6.14).
+pub const MOCK_DEV_CACHE_ID_MAX: u32 = 3;
+/// Number of cache slots of a mock device.
+pub const MOCK_DEV_CACHE_NUM: u32 = 4;
+/// Initial value of every mock device cache slot.
+pub const IOMMU_TEST_DEV_CACHE_DEFAULT: u32 = 0x00ba_ddad;
+/// `pagetable_type` of [`IommuHwptSelftest`]: the default mock page table.
+pub const MOCK_IOMMUPT_DEFAULT: u32 = 0;
+/// `pagetable_type` of [`IommuHwptSelftest`]: a mock page table with 1 MiB pages.
+pub const MOCK_IOMMUPT_HUGE: u32 = 1;
+/// vIOMMU type of the mock driver.
+pub const IOMMU_VIOMMU_TYPE_SELFTEST: u32 = 0xdead_beef;
+/// Invalidation data type of `struct iommu_viommu_invalidate_selftest` (sent to a mock vIOMMU).
+pub const IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST: u32 = 0xdead_beef;
 /// Default IOTLB value for mock nested domains.
 pub const IOMMU_TEST_IOTLB_DEFAULT: u32 = 0x0bad_beef;
 /// hw_info type of the mock driver.

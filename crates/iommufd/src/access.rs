@@ -270,6 +270,40 @@ impl Access {
         }
     }
 
+    /// [`Access::pin_pages`] for an internal access whose pins the user may not unmap (Linux:
+    /// `iommufd_access_pin_pages()` of an internal access, which locks the areas): unmaps of
+    /// the range answer `EBUSY` until [`Access::unpin_locked_pages`].
+    ///
+    /// # Errors
+    /// As [`Access::pin_pages`].
+    pub fn pin_locked_pages(
+        &self,
+        iova: Iova,
+        length: u64,
+        write: bool,
+    ) -> Result<Vec<UserVa>, Errno> {
+        let pages = self.pin_pages(iova, length, write)?;
+        let state = self.lock();
+        if let Some(ioas) = &state.ioas {
+            if let Err(err) = ioas.iopt().lock_areas(iova, length) {
+                let _ = ioas.iopt().access_unpin_pages(iova, length);
+                return Err(iopt_errno(err));
+            }
+        }
+        Ok(pages)
+    }
+
+    /// Release a pin made by [`Access::pin_locked_pages`].
+    pub fn unpin_locked_pages(&self, iova: Iova, length: u64) {
+        {
+            let state = self.lock();
+            if let Some(ioas) = &state.ioas_unpin {
+                ioas.iopt().unlock_areas(iova, length);
+            }
+        }
+        self.unpin_pages(iova, length);
+    }
+
     /// Copy to or from the IOAS at `iova` through its user memory (`iommufd_access_rw()`).
     ///
     /// # Errors

@@ -42,6 +42,9 @@ pub struct Iommufd {
     pub(crate) selftest: crate::selftest::HookSlot,
     /// Where files returned by ioctls get their numbers, see [`crate::file`]; set once.
     pub(crate) files: crate::file::InstallerSlot,
+    /// The [`KernelVersion`](crate::version::KernelVersion) answered as, see
+    /// [`crate::version`].
+    pub(crate) kernel_version: std::sync::atomic::AtomicU8,
 }
 
 impl Iommufd {
@@ -51,6 +54,9 @@ impl Iommufd {
             core,
             selftest: Default::default(),
             files: Default::default(),
+            kernel_version: std::sync::atomic::AtomicU8::new(
+                crate::version::KernelVersion::from_env().to_raw(),
+            ),
         })
     }
 
@@ -268,6 +274,41 @@ static OPS: &[IoctlOp<Call>] = &[
         IommuFaultAlloc,
         out_fault_fd
     ),
+    op!(
+        IOMMU_VIOMMU_ALLOC,
+        crate::viommu::viommu_alloc,
+        IommuViommuAlloc,
+        out_viommu_id
+    )
+    .only_if(crate::version::since_7_3),
+    op!(
+        IOMMU_VDEVICE_ALLOC,
+        crate::viommu::vdevice_alloc,
+        IommuVdeviceAlloc,
+        virt_id
+    )
+    .only_if(crate::version::since_7_3),
+    op!(
+        IOMMU_IOAS_CHANGE_PROCESS,
+        ioas::change_process,
+        IommuIoasChangeProcess,
+        reserved
+    )
+    .only_if(crate::version::since_7_3),
+    op!(
+        IOMMU_VEVENTQ_ALLOC,
+        crate::eventq::veventq_alloc,
+        IommuVeventqAlloc,
+        out_veventq_fd
+    )
+    .only_if(crate::version::since_7_3),
+    op!(
+        IOMMU_HW_QUEUE_ALLOC,
+        crate::viommu::hw_queue_alloc,
+        IommuHwQueueAlloc,
+        length
+    )
+    .only_if(crate::version::since_7_3),
     op!(
         IOMMU_TEST_CMD,
         crate::selftest::test_cmd,

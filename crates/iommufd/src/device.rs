@@ -24,7 +24,7 @@
 //! group are released only after the group lock is dropped, since destroying an automatic HWPT
 //! takes its IOAS's list lock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
@@ -130,6 +130,18 @@ struct GroupState {
     /// The group's attachment (`iommu_attach_handle`) and the device that made it, while any
     /// device is attached.
     handle: Option<(AttachHandle, ObjId)>,
+    /// PASID attachments (`igroup->pasid_attach` without `IOMMU_NO_PASID`), each with its
+    /// device and its user on the HWPT. PASIDs need single-device groups, so one device each.
+    pasids: BTreeMap<u32, PasidAttachment>,
+}
+
+/// One attached PASID of a device.
+#[derive(Debug)]
+struct PasidAttachment {
+    idev: ObjId,
+    hwpt: HwptRef,
+    /// The attachment's handle, naming its page requests.
+    handle: AttachHandle,
 }
 
 impl GroupState {
@@ -144,6 +156,7 @@ impl GroupState {
 struct HwptView<'a> {
     domain: &'a Arc<Domain>,
     paging: &'a HwptPaging,
+    pasid_compat: bool,
 }
 
 impl<'a> HwptView<'a> {
@@ -151,6 +164,7 @@ impl<'a> HwptView<'a> {
         HwptView {
             domain: hwpt.domain(),
             paging: hwpt.paging(),
+            pasid_compat: hwpt.pasid_compat(),
         }
     }
 
@@ -158,6 +172,7 @@ impl<'a> HwptView<'a> {
         HwptView {
             domain: hwpt.domain(),
             paging: hwpt,
+            pasid_compat: hwpt.pasid_compat(),
         }
     }
 
@@ -182,6 +197,9 @@ pub struct Device {
     enforce_cache_coherency: bool,
     /// Page requests of groups whose last request has not come yet (`fault_param->partial`).
     partial: Mutex<Vec<PageRequest>>,
+    /// The device's vDEVICE, if one exists (`idev->vdev`), see [`crate::viommu`]; the vDEVICE
+    /// clears it when it goes. Its mutex is a leaf.
+    pub(crate) vdev: Arc<Mutex<Option<ObjId>>>,
 }
 
 impl fmt::Debug for Device {
@@ -231,6 +249,14 @@ impl Device {
         matches!(self.core.probe_state(self.dev), Ok(ProbeState::Bound { instance, .. }) if instance == domain.instance())
     }
 
+    /// The IOMMU instance serving the device (`iommufd_device_get_iommu_dev()`).
+    pub(crate) fn iommu_instance(&self) -> Option<uiommu_core::InstanceId> {
+        match self.core.probe_state(self.dev) {
+            Ok(ProbeState::Bound { instance, .. }) => Some(instance),
+            _ => None,
+        }
+    }
+
     fn enforce_reserved(&self, ioas: &Ioas) -> Result<(), Errno> {
         enforce_reserved(&self.core, self.dev, ioas)
     }
@@ -244,24 +270,34 @@ impl Device {
     /// of their group; the last one sends the whole group to the fault queue of the HWPT the
     /// device's group is attached to.
     ///
-    /// uiommu has no PASID attachments: a request with `PASID_VALID` is routed to a nested HWPT
-    /// attached to the whole device when the driver keeps PASID tables in user space
-    /// (`user_pasid_table`, as the mock does), and refused otherwise.
+    /// A request with `PASID_VALID` goes to the HWPT its PASID is attached to; for a PASID
+    /// without an attachment, to a nested HWPT attached to the whole device when the driver
+    /// keeps PASID tables in user space (`user_pasid_table`, as the mock does), and is refused
+    /// otherwise.
     ///
     /// # Errors
     /// `EINVAL` when no fault-capable HWPT takes the request (the kernel then answers the
     /// device with a failure response).
     pub fn report_iopf(&self, request: PageRequest, user_pasid_table: bool) -> Result<(), Errno> {
         let state = self.group.lock();
-        let Some(hwpt) = state.hwpt() else {
-            return Err(Errno::EINVAL);
+        let pasid_attachment = (request.flags & IOMMU_PGFAULT_FLAGS_PASID_VALID != 0)
+            .then(|| state.pasids.get(&request.pasid))
+            .flatten();
+        let (hwpt, attach) = match pasid_attachment {
+            Some(attachment) => (&attachment.hwpt, Some((attachment.handle, attachment.idev))),
+            None => {
+                let Some(hwpt) = state.hwpt() else {
+                    return Err(Errno::EINVAL);
+                };
+                if request.flags & IOMMU_PGFAULT_FLAGS_PASID_VALID != 0
+                    && !(user_pasid_table && matches!(hwpt, HwptRef::Nested(_)))
+                {
+                    return Err(Errno::EINVAL);
+                }
+                (hwpt, state.handle)
+            }
         };
-        if request.flags & IOMMU_PGFAULT_FLAGS_PASID_VALID != 0
-            && !(user_pasid_table && matches!(hwpt, HwptRef::Nested(_)))
-        {
-            return Err(Errno::EINVAL);
-        }
-        let (Some(fault), Some((handle, dev_id))) = (hwpt.fault(), state.handle) else {
+        let (Some(fault), Some((handle, dev_id))) = (hwpt.fault(), attach) else {
             return Err(Errno::EINVAL);
         };
         let mut partial = self.partial.lock().unwrap_or_else(PoisonError::into_inner);
@@ -300,7 +336,9 @@ impl Device {
         }
         self.enforce_reserved(hwpt.ioas())?;
         if state.devices.is_empty() {
-            let attached = if should_fail(FailSite::Alloc) {
+            let attached = if !rid_pasid_compat(state, hwpt) {
+                Err(Errno::EINVAL)
+            } else if should_fail(FailSite::Alloc) {
                 Err(Errno::ENOMEM)
             } else {
                 self.core
@@ -359,7 +397,9 @@ impl Device {
                 }
             }
         }
-        let replaced = if should_fail(FailSite::Alloc) {
+        let replaced = if !rid_pasid_compat(state, hwpt) {
+            Err(Errno::EINVAL)
+        } else if should_fail(FailSite::Alloc) {
             Err(Errno::ENOMEM)
         } else {
             self.core
@@ -399,6 +439,18 @@ impl Device {
         self.remove_reserved(attached.hwpt.paging().ioas());
         Some(attached.hwpt)
     }
+}
+
+/// `iommufd_hwpt_pasid_compat()` for the RID: a HWPT without `IOMMU_HWPT_ALLOC_PASID` may not
+/// take the RID while PASIDs are attached.
+fn rid_pasid_compat(state: &GroupState, hwpt: HwptView<'_>) -> bool {
+    hwpt.pasid_compat || state.pasids.is_empty()
+}
+
+/// `iommufd_hwpt_pasid_compat()` for a PASID: the HWPT must allow PASIDs, and the RID's HWPT,
+/// if any, too.
+fn pasid_compat(state: &GroupState, hwpt: &HwptRef) -> bool {
+    hwpt.pasid_compat() && state.hwpt().is_none_or(HwptRef::pasid_compat)
 }
 
 /// Who owns the reservations made for `dev`'s reserved regions.
@@ -489,6 +541,7 @@ pub fn bind(ctx: &IommufdCtx, dev: DeviceId) -> Result<DeviceBinding, Errno> {
         group,
         enforce_cache_coherency: core.capable(dev, Capability::EnforceCacheCoherency),
         partial: Mutex::new(Vec::new()),
+        vdev: Arc::default(),
     });
     Ok(DeviceBinding {
         device,
@@ -548,6 +601,115 @@ impl DeviceBinding {
         }
     }
 
+    /// Attach PASID `pasid` (not 0) of the device to the HWPT `pt_id`
+    /// (`iommufd_device_attach()` with a PASID, 7.3). The attachment holds a user on the HWPT
+    /// until [`DeviceBinding::pasid_detach`].
+    ///
+    /// # Errors
+    /// In the kernel's order: unknown `pt_id` → `ENOENT`; an IOAS or another kind → `EINVAL`
+    /// (PASIDs take no automatic domains: those lack `IOMMU_HWPT_ALLOC_PASID`); the PASID is
+    /// attached already → `EBUSY`; the HWPT, or the RID's HWPT, not PASID-compatible →
+    /// `EINVAL`; a PASID the device cannot use → `EINVAL`; the driver's error.
+    pub fn pasid_attach(&self, ctx: &IommufdCtx, pasid: u32, pt_id: ObjId) -> Result<(), Errno> {
+        let hwpt = self.pasid_target(ctx, pt_id)?;
+        let device = &self.device;
+        let mut state = device.group.lock();
+        if state.pasids.contains_key(&pasid) {
+            return Err(Errno::EBUSY);
+        }
+        if !pasid_compat(&state, &hwpt) {
+            return Err(Errno::EINVAL);
+        }
+        device
+            .core
+            .set_dev_pasid(device.dev, pasid, hwpt.domain())
+            .map_err(core_errno)?;
+        state.pasids.insert(
+            pasid,
+            PasidAttachment {
+                idev: self.id(),
+                hwpt,
+                handle: AttachHandle::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Move attached PASID `pasid` to the HWPT `pt_id` (`iommufd_device_replace()` with a
+    /// PASID). On failure the old attachment stays.
+    ///
+    /// # Errors
+    /// Unknown `pt_id` → `ENOENT`; an IOAS or another kind → `EINVAL`; the PASID is not
+    /// attached → `EINVAL`; not PASID-compatible → `EINVAL`; the driver's error.
+    pub fn pasid_replace(&self, ctx: &IommufdCtx, pasid: u32, pt_id: ObjId) -> Result<(), Errno> {
+        let hwpt = self.pasid_target(ctx, pt_id)?;
+        let device = &self.device;
+        let mut state = device.group.lock();
+        let Some(current) = state.pasids.get(&pasid) else {
+            return Err(Errno::EINVAL);
+        };
+        if current.hwpt.same(&hwpt) {
+            return Ok(());
+        }
+        if !pasid_compat(&state, &hwpt) {
+            return Err(Errno::EINVAL);
+        }
+        device
+            .core
+            .set_dev_pasid(device.dev, pasid, hwpt.domain())
+            .map_err(core_errno)?;
+        let old = state.pasids.get_mut(&pasid).map(|attachment| {
+            let old_handle = std::mem::replace(&mut attachment.handle, AttachHandle::new());
+            let old = std::mem::replace(&mut attachment.hwpt, hwpt);
+            if let Some(fault) = old.fault() {
+                fault.auto_respond(old_handle);
+            }
+            old
+        });
+        drop(state);
+        if let Some(old) = old {
+            old.put(Some(ctx.objects()));
+        }
+        Ok(())
+    }
+
+    /// Detach PASID `pasid` (`iommufd_device_detach()` with a PASID); nothing happens if it is
+    /// not attached. With `objects` `None` (teardown) the HWPT reference is only dropped.
+    pub fn pasid_detach(&self, objects: Option<&ObjectTable>, pasid: u32) {
+        let device = &self.device;
+        let mut state = device.group.lock();
+        let Some(attachment) = state.pasids.remove(&pasid) else {
+            return;
+        };
+        device.core.clear_dev_pasid(device.dev, pasid);
+        if let Some(fault) = attachment.hwpt.fault() {
+            fault.auto_respond(attachment.handle);
+        }
+        drop(state);
+        attachment.hwpt.put(objects);
+    }
+
+    /// The id of the HWPT PASID `pasid` is attached to, if any.
+    pub fn pasid_hwpt(&self, pasid: u32) -> Option<ObjId> {
+        self.device
+            .group
+            .lock()
+            .pasids
+            .get(&pasid)
+            .map(|attachment| attachment.hwpt.id())
+    }
+
+    /// The HWPT a PASID operation names (`iommufd_device_change_pt()` with a PASID).
+    fn pasid_target(&self, ctx: &IommufdCtx, pt_id: ObjId) -> Result<HwptRef, Errno> {
+        let pt = ctx.objects().get_any(pt_id)?;
+        match pt.kind() {
+            ObjectKind::HwptPaging | ObjectKind::HwptNested => {
+                hwpt::hwpt_ref(pt).ok_or(Errno::EINVAL)
+            }
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
     /// Unbind (`iommufd_device_unbind()`): detach if attached, destroy the DEVICE object and
     /// give the group's DMA back. With `objects` `None` (teardown), the object is left to the
     /// teardown.
@@ -556,6 +718,32 @@ impl DeviceBinding {
     /// `EBUSY` if something else still holds the object (it then goes away with the context).
     pub fn unbind(mut self, objects: Option<&ObjectTable>) -> Result<(), Errno> {
         self.detach(objects);
+        // Linux waits for PASID users to detach first; uiommu's callers are gone, so detach.
+        let idev = self.id();
+        let pasids: Vec<u32> = {
+            let state = self.device.group.lock();
+            state
+                .pasids
+                .iter()
+                .filter(|(_, attachment)| attachment.idev == idev)
+                .map(|(&pasid, _)| pasid)
+                .collect()
+        };
+        for pasid in pasids {
+            self.pasid_detach(objects, pasid);
+        }
+        // `iommufd_device_remove_vdev()`: the device's vDEVICE goes with it (Linux keeps its
+        // id as a tombstone until the context closes; here the id is free again).
+        let vdev = *self
+            .device
+            .vdev
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let (Some(vdev), Some(objects)) = (vdev, objects) {
+            if let Err(err) = objects.destroy(vdev) {
+                debug_assert_eq!(err, Errno::ENOENT, "a vDEVICE has no long-term users");
+            }
+        }
         let DeviceBinding { device, .. } = self;
         match objects {
             Some(objects) => objects.destroy_owned(device),

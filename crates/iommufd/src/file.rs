@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use crate::ctx::Iommufd;
 use crate::errno::Errno;
+use crate::eventq::VeventqFile;
 use crate::failpoint::{should_fail, FailSite};
 use crate::fault::FaultFile;
 use crate::user_memory::{UserMemory, UserVa};
@@ -81,6 +82,8 @@ pub enum EmulatedFile {
     Fault(Arc<FaultFile>),
     /// A driver file with no I/O (the selftest's access fd).
     Access(Arc<dyn DriverFile>),
+    /// A vIOMMU event queue (`[iommufd-viommu-event]`), read-only.
+    Veventq(Arc<VeventqFile>),
 }
 
 impl EmulatedFile {
@@ -98,6 +101,7 @@ impl EmulatedFile {
     ) -> Result<usize, Errno> {
         match self {
             EmulatedFile::Fault(file) => file.read(user, buf, count, pos),
+            EmulatedFile::Veventq(file) => file.queue().read(user, buf, count, pos),
             EmulatedFile::Access(_) => Err(Errno::EINVAL),
         }
     }
@@ -116,7 +120,7 @@ impl EmulatedFile {
     ) -> Result<usize, Errno> {
         match self {
             EmulatedFile::Fault(file) => file.write(user, buf, count, pos),
-            EmulatedFile::Access(_) => Err(Errno::EINVAL),
+            EmulatedFile::Access(_) | EmulatedFile::Veventq(_) => Err(Errno::EINVAL),
         }
     }
 
@@ -124,6 +128,7 @@ impl EmulatedFile {
     pub fn poll(&self) -> PollEvents {
         match self {
             EmulatedFile::Fault(file) => file.poll(),
+            EmulatedFile::Veventq(file) => file.queue().poll(),
             EmulatedFile::Access(_) => PollEvents::DEFAULT,
         }
     }

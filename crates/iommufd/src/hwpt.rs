@@ -39,6 +39,8 @@ use crate::ioas::{iopt_errno, Ioas};
 use crate::ioctl::Ucmd;
 use crate::object::{ObjId, ObjRef, ObjectKind, ObjectPayload, ObjectTable, Reservation, UsersRef};
 use crate::user_memory::{UserMemory, UserVa, PAGE_SIZE};
+use crate::version::KernelVersion;
+use crate::viommu::Viommu;
 use uiommu_core::{
     Capability, CoreError, Domain, DomainId, DomainRequest, DomainType, Iova, PagingFlags,
     PhysAddr, Prot, UserData,
@@ -170,6 +172,9 @@ pub struct HwptPaging {
     in_iopt: bool,
     /// Listed on the IOAS; set just before the object is published and never cleared.
     listed: AtomicBool,
+    /// Allocated with `IOMMU_HWPT_ALLOC_PASID`: may be attached to PASIDs, and a device's RID
+    /// on it does not keep PASID attachments away.
+    pasid_compat: bool,
 }
 
 impl fmt::Debug for HwptPaging {
@@ -211,6 +216,11 @@ impl HwptPaging {
     /// May be the parent of nested HWPTs.
     pub fn nest_parent(&self) -> bool {
         self.nest_parent
+    }
+
+    /// Allocated with `IOMMU_HWPT_ALLOC_PASID` (`hwpt->pasid_compat`).
+    pub fn pasid_compat(&self) -> bool {
+        self.pasid_compat
     }
 
     /// Attach the domain to the IOAS's io page table and fill it (`iopt_table_add_domain()`).
@@ -276,7 +286,9 @@ pub(crate) fn paging_new<'t>(
     data: Option<UserData<'_>>,
     auto_domain: bool,
 ) -> Result<NewPaging<'t>, Errno> {
-    const VALID: u32 = IOMMU_HWPT_ALLOC_NEST_PARENT | IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
+    // PASID is 7.3's; under 6.12 the ioctl refuses it before calling here.
+    const VALID: u32 =
+        IOMMU_HWPT_ALLOC_NEST_PARENT | IOMMU_HWPT_ALLOC_DIRTY_TRACKING | IOMMU_HWPT_ALLOC_PASID;
     if flags & !VALID != 0 {
         return Err(Errno::EOPNOTSUPP);
     }
@@ -315,6 +327,7 @@ pub(crate) fn paging_new<'t>(
             enforce_cache_coherency: idev.enforce_cache_coherency(),
             in_iopt: false,
             listed: AtomicBool::new(false),
+            pasid_compat: flags & IOMMU_HWPT_ALLOC_PASID != 0,
         },
     })
 }
@@ -328,6 +341,10 @@ pub struct HwptNested {
     domain: Arc<Domain>,
     parent: UsersRef<HwptPaging>,
     fault: Option<UsersRef<Fault>>,
+    /// The vIOMMU it was allocated on, if any (kept alive by it).
+    viommu: Option<UsersRef<Viommu>>,
+    /// Allocated with `IOMMU_HWPT_ALLOC_PASID`.
+    pasid_compat: bool,
 }
 
 impl fmt::Debug for HwptNested {
@@ -336,6 +353,7 @@ impl fmt::Debug for HwptNested {
             .field("domain", &self.domain.id())
             .field("parent", &self.parent.id())
             .field("fault", &self.fault.as_ref().map(UsersRef::id))
+            .field("viommu", &self.viommu.as_ref().map(UsersRef::id))
             .finish()
     }
 }
@@ -358,6 +376,11 @@ impl HwptNested {
     /// The fault queue receiving this HWPT's page requests, if any.
     pub fn fault(&self) -> Option<&Fault> {
         self.fault.as_deref()
+    }
+
+    /// The vIOMMU the HWPT was allocated on, if any.
+    pub fn viommu(&self) -> Option<&Viommu> {
+        self.viommu.as_deref()
     }
 }
 
@@ -406,6 +429,14 @@ impl HwptRef {
         match self {
             HwptRef::Paging(_) => None,
             HwptRef::Nested(h) => h.fault(),
+        }
+    }
+
+    /// Allocated with `IOMMU_HWPT_ALLOC_PASID` (`hwpt->pasid_compat`).
+    pub fn pasid_compat(&self) -> bool {
+        match self {
+            HwptRef::Paging(h) => h.pasid_compat,
+            HwptRef::Nested(h) => h.pasid_compat,
         }
     }
 
@@ -511,16 +542,97 @@ pub(crate) fn alloc(call: &Call, ucmd: &mut Ucmd<'_, IommuHwptAlloc>) -> Result<
             let Ok(ioas) = pt.downcast::<Ioas>() else {
                 return Err(Errno::EINVAL);
             };
+            if cmd.flags & IOMMU_HWPT_ALLOC_PASID != 0 && !pasid_flag_known(call) {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            // 6.12's drivers take no data for paging domains (the mock refuses it, after the
+            // flag checks that also answer EOPNOTSUPP); 7.3's mock reads its page-table type.
+            if data.is_some() && !pasid_flag_known(call) {
+                return Err(Errno::EOPNOTSUPP);
+            }
             alloc_paging(objects, ucmd, &ioas, &idev, data.as_ref())
         }
         ObjectKind::HwptPaging => {
             let Ok(parent) = pt.downcast::<HwptPaging>() else {
                 return Err(Errno::EINVAL);
             };
-            alloc_nested(objects, ucmd, &parent, &idev, data.as_ref())
+            let valid = if pasid_flag_known(call) {
+                IOMMU_HWPT_FAULT_ID_VALID | IOMMU_HWPT_ALLOC_PASID
+            } else {
+                IOMMU_HWPT_FAULT_ID_VALID
+            };
+            alloc_nested(objects, ucmd, &parent, &idev, data.as_ref(), valid)
+        }
+        ObjectKind::Viommu if call.kernel_version() >= KernelVersion::V7_3 => {
+            let Ok(viommu) = pt.downcast::<Viommu>() else {
+                return Err(Errno::EINVAL);
+            };
+            alloc_on_viommu(objects, ucmd, &viommu, &idev, data.as_ref())
         }
         _ => Err(Errno::EINVAL),
     }
+}
+
+/// A nested HWPT on a vIOMMU (`iommufd_viommu_alloc_hwpt_nested()`): the stage 2 is the
+/// vIOMMU's nesting parent.
+///
+/// # Errors
+/// The device is behind another IOMMU → `EINVAL`; flags other than `FAULT_ID_VALID`/`PASID`,
+/// or no data → `EOPNOTSUPP`; then as a nested allocation on a paging parent.
+fn alloc_on_viommu(
+    objects: &ObjectTable,
+    ucmd: &mut Ucmd<'_, IommuHwptAlloc>,
+    viommu: &ObjRef<'_, Viommu>,
+    idev: &Device,
+    data: Option<&DriverData>,
+) -> Result<(), Errno> {
+    let cmd = ucmd.cmd;
+    if idev.iommu_instance() != Some(viommu.instance()) {
+        return Err(Errno::EINVAL);
+    }
+    if cmd.flags & !(IOMMU_HWPT_FAULT_ID_VALID | IOMMU_HWPT_ALLOC_PASID) != 0 {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    let Some(data) = data else {
+        return Err(Errno::EOPNOTSUPP);
+    };
+    let reservation = objects.reserve::<HwptNested>()?;
+    let parent = viommu.parent().clone();
+    let domain = idev
+        .core()
+        .viommu_domain_alloc(
+            idev.dev(),
+            viommu.ops(),
+            cmd.flags & !IOMMU_HWPT_FAULT_ID_VALID,
+            data.user_data(),
+        )
+        .map_err(core_errno)?;
+    if data.unreadable {
+        return Err(Errno::EFAULT);
+    }
+    if domain.ty() != DomainType::Nested {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    let fault = if cmd.flags & IOMMU_HWPT_FAULT_ID_VALID != 0 {
+        Some(objects.get::<Fault>(ObjId(cmd.fault_id))?.into_users_ref())
+    } else {
+        None
+    };
+    ucmd.cmd.out_hwpt_id = reservation.id().raw();
+    ucmd.respond()?;
+    reservation.finalize(HwptNested {
+        domain,
+        parent,
+        fault,
+        viommu: Some(viommu.users_ref()),
+        pasid_compat: cmd.flags & IOMMU_HWPT_ALLOC_PASID != 0,
+    });
+    Ok(())
+}
+
+/// `IOMMU_HWPT_ALLOC_PASID` exists from 7.3 on (6.14 upstream).
+fn pasid_flag_known(call: &Call) -> bool {
+    call.kernel_version() >= KernelVersion::V7_3
 }
 
 fn alloc_paging(
@@ -558,9 +670,10 @@ fn alloc_nested(
     parent: &ObjRef<'_, HwptPaging>,
     idev: &Device,
     data: Option<&DriverData>,
+    valid_flags: u32,
 ) -> Result<(), Errno> {
     let cmd = ucmd.cmd;
-    let Some(data) = data.filter(|_| cmd.flags & !IOMMU_HWPT_FAULT_ID_VALID == 0) else {
+    let Some(data) = data.filter(|_| cmd.flags & !valid_flags == 0) else {
         return Err(Errno::EOPNOTSUPP);
     };
     if parent.auto_domain() || !parent.nest_parent() || !idev.served_by(parent.domain()) {
@@ -595,6 +708,8 @@ fn alloc_nested(
         domain,
         parent: parent_ref,
         fault,
+        viommu: None,
+        pasid_compat: cmd.flags & IOMMU_HWPT_ALLOC_PASID != 0,
     });
     Ok(())
 }
@@ -819,7 +934,14 @@ fn invalidate_entries(
     }
     let hwpt = match call.ctx.objects().get::<HwptNested>(ObjId(cmd.hwpt_id)) {
         Ok(hwpt) => hwpt,
-        Err(err) => return (0, Err(err)),
+        Err(err) => {
+            if call.kernel_version() >= KernelVersion::V7_3 {
+                if let Ok(viommu) = call.ctx.objects().get::<Viommu>(ObjId(cmd.hwpt_id)) {
+                    return invalidate_viommu(user, cmd, &viommu);
+                }
+            }
+            return (0, Err(invalidate_lookup_errno(call, cmd.hwpt_id, err)));
+        }
     };
     let ops = hwpt.domain.ops();
     if cmd.entry_num == 0 {
@@ -846,6 +968,49 @@ fn invalidate_entries(
         }
     }
     (done, Ok(()))
+}
+
+/// `IOMMU_HWPT_INVALIDATE` on a vIOMMU: the array goes to the driver in pieces of at most
+/// [`INVALIDATE_BATCH`] bytes (the mock copies its array in one piece; arrays that large differ
+/// only in where an error stops); an unreadable piece is `EFAULT` before the driver sees it.
+fn invalidate_viommu(
+    user: &dyn UserMemory,
+    cmd: &IommuHwptInvalidate,
+    viommu: &Viommu,
+) -> (u32, Result<(), Errno>) {
+    if cmd.entry_num == 0 {
+        return viommu.cache_invalidate(cmd.data_type, cmd.entry_len, &[]);
+    }
+    let entry_len = cmd.entry_len as usize;
+    let per_batch = (INVALIDATE_BATCH / entry_len).max(1);
+    let mut done = 0u32;
+    while done < cmd.entry_num {
+        let count = per_batch.min((cmd.entry_num - done) as usize);
+        let mut entries = vec![0u8; count * entry_len];
+        let at = cmd.data_uptr + u64::from(done) * entry_len as u64;
+        if user.read(UserVa(at), &mut entries).is_err() {
+            return (done, Err(Errno::EFAULT));
+        }
+        let (handled, result) = viommu.cache_invalidate(cmd.data_type, cmd.entry_len, &entries);
+        done += handled;
+        if result.is_err() || (handled as usize) < count {
+            return (done, result);
+        }
+    }
+    (done, Ok(()))
+}
+
+/// The errno of an `IOMMU_HWPT_INVALIDATE` whose id names no nested HWPT. 6.12 looks the id
+/// up as a nested HWPT (`ENOENT` for any other kind); 7.3 looks up any object and refuses
+/// kinds it cannot invalidate with `EINVAL` (a vIOMMU is served before this).
+fn invalidate_lookup_errno(call: &Call, id: u32, err: Errno) -> Errno {
+    if call.kernel_version() < KernelVersion::V7_3 {
+        return err;
+    }
+    match call.ctx.objects().get_any(ObjId(id)) {
+        Ok(_) => Errno::EINVAL,
+        Err(err) => err,
+    }
 }
 
 /// Read `count` entries from index `first`: the bytes of the readable prefix and its length in

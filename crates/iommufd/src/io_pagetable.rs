@@ -335,6 +335,9 @@ struct Area {
     prevent_access: bool,
     /// Access ranges held on this area; changed under `iova` for reading plus the pages lock.
     num_accesses: AtomicU32,
+    /// Pins that refuse unmapping (`num_locks`: a HW queue's internal access); changed under
+    /// `iova` for reading.
+    num_locks: AtomicU32,
 }
 
 impl Area {
@@ -752,6 +755,16 @@ impl IoPagetable {
             .fold(u64::MAX, |bitmap, domain| bitmap & domain.pgsize_bitmap())
     }
 
+    /// Whether the lowest area, if any, is still being created or destroyed (`Some(true)`) or
+    /// published (`Some(false)`); `None` without areas.
+    pub fn first_area_busy(&self) -> Option<bool> {
+        read(&self.iova)
+            .areas
+            .values()
+            .next()
+            .map(|area| !area.published)
+    }
+
     /// A snapshot of the published areas, in IOVA order.
     pub fn areas(&self) -> Vec<AreaInfo> {
         read(&self.iova)
@@ -957,6 +970,9 @@ impl IoPagetable {
                 }
                 if first < start || area.last > last {
                     return Err(IoptError::NotMapped);
+                }
+                if area.num_locks.load(Ordering::Acquire) != 0 {
+                    return Err(IoptError::AreaBusy);
                 }
                 if first != start {
                     tries = 0;
@@ -1355,6 +1371,41 @@ impl IoPagetable {
         Ok(pfns)
     }
 
+    /// Marks the areas under `[iova, iova + length)`, pinned by an access, as locked: unmaps
+    /// of them answer EBUSY until [`IoPagetable::unlock_areas`] (`area->num_locks`, for HW
+    /// queues).
+    ///
+    /// # Errors
+    /// The range is not fully mapped → ENOENT (nothing is locked then).
+    pub fn lock_areas(&self, iova: Iova, length: u64) -> Result<(), IoptError> {
+        let last = iova
+            .0
+            .checked_add(length.saturating_sub(1))
+            .ok_or(IoptError::Overflow)?;
+        let state = read(&self.iova);
+        let mut areas = Vec::new();
+        state.for_each_contig(iova.0, last, |_, area, _, _| {
+            areas.push(area);
+            Ok(())
+        })?;
+        for area in areas {
+            area.num_locks.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Undoes [`IoPagetable::lock_areas`] over the same range.
+    pub fn unlock_areas(&self, iova: Iova, length: u64) {
+        let Some(last) = iova.0.checked_add(length.saturating_sub(1)) else {
+            return;
+        };
+        let state = read(&self.iova);
+        let _ = state.for_each_contig(iova.0, last, |_, area, _, _| {
+            area.num_locks.fetch_sub(1, Ordering::AcqRel);
+            Ok(())
+        });
+    }
+
     /// Releases a pin made by [`IoPagetable::access_pin_pages`] over exactly the same range
     /// (`iommufd_access_unpin_pages()`).
     ///
@@ -1456,6 +1507,7 @@ impl IoPagetable {
                 published: true,
                 prevent_access: false,
                 num_accesses: AtomicU32::new(0),
+                num_locks: AtomicU32::new(0),
             };
             let lhs = Area {
                 last: iova.0,
@@ -1527,6 +1579,7 @@ fn insert_area(
             published: false,
             prevent_access: false,
             num_accesses: AtomicU32::new(0),
+            num_locks: AtomicU32::new(0),
         },
     );
     Ok(())

@@ -406,3 +406,33 @@ pub(crate) fn huge_pages_option(call: &Call, cmd: &mut IommuOption) -> Result<()
         _ => Err(Errno::EOPNOTSUPP),
     }
 }
+
+/// `IOMMU_IOAS_CHANGE_PROCESS` (`iommufd_ioas_change_process()`, 7.3): move the pin
+/// accounting of every file-backed mapping to the caller. uiommu maps no files yet (no
+/// `IOMMU_IOAS_MAP_FILE`), so every area is one the command refuses, and with no areas there
+/// is nothing to move.
+///
+/// # Errors
+/// `__reserved` → `EOPNOTSUPP`; then, over the IOASes in id order and their areas in IOVA
+/// order, the first area decides: one being created or destroyed → `EBUSY`, any other (not
+/// file-backed) → `EINVAL`.
+pub(crate) fn change_process(
+    call: &Call,
+    ucmd: &mut Ucmd<'_, IommuIoasChangeProcess>,
+) -> Result<(), Errno> {
+    if ucmd.cmd.reserved != 0 {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    let objects = call.ctx.objects();
+    for id in objects.ids_of_kind(ObjectKind::Ioas) {
+        let Ok(ioas) = objects.get::<Ioas>(id) else {
+            continue;
+        };
+        match ioas.iopt().first_area_busy() {
+            Some(true) => return Err(Errno::EBUSY),
+            Some(false) => return Err(Errno::EINVAL),
+            None => {}
+        }
+    }
+    Ok(())
+}

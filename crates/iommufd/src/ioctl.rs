@@ -78,6 +78,9 @@ pub struct IoctlOp<Ctx: ?Sized + 'static> {
     size: usize,
     min_size: usize,
     execute: Execute<Ctx>,
+    /// Whether the row exists for a context; `None`: always. A row that does not exist
+    /// answers like a missing one (`ENOTTY`), as in a kernel without that command.
+    present: Option<fn(&Ctx) -> bool>,
 }
 
 impl<Ctx: ?Sized + 'static> fmt::Debug for IoctlOp<Ctx> {
@@ -115,6 +118,16 @@ impl<Ctx: ?Sized + 'static> IoctlOp<Ctx> {
             size,
             min_size,
             execute,
+            present: None,
+        }
+    }
+
+    /// The same row, present only for contexts where `present` says so (a command a kernel
+    /// version selected per context does not have).
+    pub const fn only_if(self, present: fn(&Ctx) -> bool) -> IoctlOp<Ctx> {
+        IoctlOp {
+            present: Some(present),
+            ..self
         }
     }
 
@@ -250,7 +263,7 @@ impl<Ctx: ?Sized + 'static> IoctlTable<Ctx> {
             .ops
             .iter()
             .find(|op| ioc_nr(op.cmd) == nr)
-            .filter(|op| op.cmd == cmd)
+            .filter(|op| op.cmd == cmd && op.present.is_none_or(|present| present(ctx)))
             .ok_or(Errno::ENOTTY)?;
         if (user_size as usize) < op.min_size {
             return Err(Errno::EINVAL);

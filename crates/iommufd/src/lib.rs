@@ -4,14 +4,16 @@
 //! caller's struct and answers with Linux's exact semantics and errno order. Behind it:
 //! * the dispatcher and its one table ([`ioctl`], the table itself in [`ctx`]);
 //! * the object table with two-phase creation and two reference counts ([`object`]);
-//! * one module per object kind: [`ioas`], [`hwpt`], [`device`], [`access`], [`fault`], plus
+//! * one module per object kind: [`ioas`], [`hwpt`], [`device`], [`access`], [`fault`],
+//!   [`viommu`] (vIOMMU and vDEVICE), [`eventq`] (vIOMMU event queues), plus
 //!   [`option`], [`vfio_compat`] and the selftest hook [`selftest`];
 //! * the engines, ignorant of ioctls: [`io_pagetable`] (areas and IOVA allocation) and
 //!   [`pages`] (pinning and accounting);
 //! * the seams to the host: [`user_memory`] (the caller's memory; [`process_memory`] is the
 //!   in-process implementation, [`shared_alias`] keeps its pinned shared pages reachable) and
 //!   [`file`](mod@file) (files such as fault queues that become fds);
-//! * [`abi`] (the uAPI structs), [`errno`], and [`failpoint`] (fail-nth fault injection).
+//! * [`abi`] (the uAPI structs), [`errno`], [`failpoint`] (fail-nth fault injection), and
+//!   [`version`] (which Linux, 6.12 or 7.3, the answers follow).
 //!
 //! The crate is a client of the IOMMU core (`uiommu-core`): it binds devices, claims their DMA
 //! ownership and allocates domains only through it. It does not know the mock driver, which
@@ -31,6 +33,7 @@ pub mod access;
 pub mod ctx;
 pub mod device;
 pub mod errno;
+pub mod eventq;
 pub mod failpoint;
 pub mod fault;
 pub mod file;
@@ -47,4 +50,6 @@ pub mod shared_alias;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod user_memory;
+pub mod version;
 pub mod vfio_compat;
+pub mod viommu;

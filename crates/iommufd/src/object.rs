@@ -91,6 +91,14 @@ pub enum ObjectKind {
     Fault = 6,
     /// The selftest's mock device object (`IOMMUFD_OBJ_SELFTEST`, test builds only in Linux).
     Selftest = 7,
+    /// A virtual IOMMU on a nesting parent (Linux ≥ 6.13).
+    Viommu = 8,
+    /// A device as a vIOMMU's guest sees it (Linux ≥ 6.13).
+    Vdevice = 9,
+    /// A vIOMMU event queue; its fd holds a user (Linux ≥ 6.15).
+    Veventq = 10,
+    /// A HW queue of a vIOMMU on pinned guest memory (Linux ≥ 6.17).
+    HwQueue = 11,
 }
 
 impl ObjectKind {
@@ -104,6 +112,10 @@ impl ObjectKind {
             ObjectKind::Access => "ACCESS",
             ObjectKind::Fault => "FAULT",
             ObjectKind::Selftest => "SELFTEST",
+            ObjectKind::Viommu => "VIOMMU",
+            ObjectKind::Vdevice => "VDEVICE",
+            ObjectKind::Veventq => "VEVENTQ",
+            ObjectKind::HwQueue => "HW_QUEUE",
         }
     }
 }
@@ -240,6 +252,19 @@ impl ObjectTable {
     /// No id is in use (the kernel's `xa_empty`, which reservations also make non-empty).
     pub fn is_empty(&self) -> bool {
         self.lock().slots.is_empty()
+    }
+
+    /// The ids of the published objects of `kind`, in id order (a snapshot, for commands that
+    /// act on every object of a kind: `iommufd_take_all_iova_rwsem()`).
+    pub fn ids_of_kind(&self, kind: ObjectKind) -> Vec<ObjId> {
+        self.lock()
+            .slots
+            .iter()
+            .filter_map(|(&id, slot)| match slot {
+                Slot::Published { header, .. } if header.kind == kind => Some(ObjId(id)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Reserve the lowest free id for a new `T`, invisible to lookups until

@@ -17,6 +17,7 @@ use uiommu_core::{
 use uiommu_iommufd::failpoint::{should_fail, FailSite};
 
 use crate::driver::{DeviceTable, MockDeviceFlags};
+use crate::viommu::VdevTable;
 
 use crate::{
     IOMMU_HWPT_INVALIDATE_DATA_SELFTEST, IOMMU_TEST_INVALIDATE_FLAG_ALL, MOCK_APERTURE_LAST,
@@ -44,6 +45,9 @@ pub struct PageTableEntry {
 #[derive(Debug)]
 pub struct MockPagingDomain {
     table: Mutex<BTreeMap<u64, PageTableEntry>>,
+    /// The page sizes offered (`pgsize_bitmap`).
+    page_sizes: u64,
+    /// Pages larger than [`MOCK_IO_PAGE_SIZE`] are offered.
     huge_pages: bool,
     dirty_capable: bool,
     dirty_tracking: AtomicBool,
@@ -54,13 +58,14 @@ pub struct MockPagingDomain {
 
 impl MockPagingDomain {
     pub(crate) fn new(
-        huge_pages: bool,
+        page_sizes: u64,
         dirty_capable: bool,
         devices: DeviceTable,
     ) -> MockPagingDomain {
         MockPagingDomain {
             table: Mutex::new(BTreeMap::new()),
-            huge_pages,
+            page_sizes,
+            huge_pages: page_sizes != MOCK_IO_PAGE_SIZE,
             dirty_capable,
             dirty_tracking: AtomicBool::new(false),
             unmap_violations: AtomicU64::new(0),
@@ -119,11 +124,7 @@ impl DomainOps for MockPagingDomain {
     }
 
     fn pgsize_bitmap(&self) -> u64 {
-        if self.huge_pages {
-            MOCK_IO_PAGE_SIZE | MOCK_HUGE_PAGE_SIZE
-        } else {
-            MOCK_IO_PAGE_SIZE
-        }
+        self.page_sizes
     }
 
     fn aperture(&self) -> Aperture {
@@ -261,6 +262,8 @@ impl DomainOps for MockPagingDomain {
 pub struct MockNestedDomain {
     parent: Arc<Domain>,
     iotlb: Mutex<[u32; MOCK_NESTED_DOMAIN_IOTLB_NUM]>,
+    /// For a domain of a mock vIOMMU: that vIOMMU's vDEVICEs (`mock_viommu`).
+    viommu_vdevs: Option<VdevTable>,
 }
 
 /// One entry of a mock invalidation request (`struct iommu_hwpt_invalidate_selftest`).
@@ -271,7 +274,14 @@ impl MockNestedDomain {
         MockNestedDomain {
             parent,
             iotlb: Mutex::new([iotlb; MOCK_NESTED_DOMAIN_IOTLB_NUM]),
+            viommu_vdevs: None,
         }
+    }
+
+    /// The same domain, allocated on a mock vIOMMU whose vDEVICEs are `vdevs`.
+    pub(crate) fn on_viommu(mut self, vdevs: VdevTable) -> MockNestedDomain {
+        self.viommu_vdevs = Some(vdevs);
+        self
     }
 
     /// The paging domain this nested domain sits on.
@@ -290,6 +300,17 @@ impl MockNestedDomain {
 }
 
 impl DomainOps for MockNestedDomain {
+    /// `mock_domain_nop_attach()` for a nested domain: on a vIOMMU, the device needs its
+    /// vDEVICE there (`iommufd_viommu_get_vdev_id()`: `ENOENT`).
+    fn attach_dev(&self, dev: &DeviceInfo<'_>) -> Result<()> {
+        if let Some(vdevs) = &self.viommu_vdevs {
+            if vdevs.virt_id(dev.id).is_none() {
+                return Err(CoreError::NotFound);
+            }
+        }
+        Ok(())
+    }
+
     fn cache_invalidate_user(
         &self,
         data_type: u32,

@@ -5,15 +5,33 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use uiommu_core::{
-    Capability, CoreError, DeviceDesc, DeviceId, DeviceInfo, DomainOps, DomainRequest, DomainType,
-    FwNode, Fwspec, GroupChoice, HwInfo, InstanceId, IommuCore, IommuOps, Result,
+    Capability, CoreError, DeviceDesc, DeviceId, DeviceInfo, Domain, DomainOps, DomainRequest,
+    DomainType, FwNode, Fwspec, GroupChoice, HwInfo, InstanceId, IommuCore, IommuOps, Result,
+    UserData, ViommuOps,
 };
+
+use crate::viommu::{MockViommu, IOMMU_VIOMMU_TYPE_SELFTEST};
 
 use crate::domain::{MockNestedDomain, MockPagingDomain};
 use crate::{
     IOMMU_HWPT_DATA_SELFTEST, IOMMU_HW_INFO_SELFTEST_REGVAL, IOMMU_HW_INFO_TYPE_SELFTEST,
-    MOCK_PASID_WIDTH,
+    MOCK_HUGE_PAGE_SIZE, MOCK_IO_PAGE_SIZE, MOCK_PASID_WIDTH,
 };
+
+/// `IOMMU_HWPT_DATA_NONE`.
+const IOMMU_HWPT_DATA_NONE: u32 = 0;
+/// `MOCK_IOMMUPT_DEFAULT`.
+const MOCK_IOMMUPT_DEFAULT: u32 = 0;
+/// `MOCK_IOMMUPT_HUGE`.
+const MOCK_IOMMUPT_HUGE: u32 = 1;
+/// The CPU page size the HUGE page table also offers.
+const CPU_PAGE_SIZE: u64 = 4096;
+/// The PASID whose attaches the mock fails every other time (`IOMMU_TEST_PASID_RESERVED`).
+const IOMMU_TEST_PASID_RESERVED: u32 = 1024;
+/// Cache slots of a mock device (`MOCK_DEV_CACHE_NUM`).
+pub(crate) const MOCK_DEV_CACHE_NUM: usize = 4;
+/// Initial value of every mock device cache slot (`IOMMU_TEST_DEV_CACHE_DEFAULT`).
+pub(crate) const IOMMU_TEST_DEV_CACHE_DEFAULT: u32 = 0x00ba_ddad;
 
 /// Properties of a mock device (the selftest's `MOCK_FLAGS_DEVICE_*`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
@@ -59,15 +77,62 @@ pub struct MockIommu {
 
 /// Mock device flags by device name, shared with the paging domains that check them at attach.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct DeviceTable(Arc<Mutex<HashMap<String, MockDeviceFlags>>>);
+pub(crate) struct DeviceTable(Arc<Mutex<HashMap<String, MockDeviceState>>>);
+
+/// What the mock keeps per device (Linux `struct mock_dev`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MockDeviceState {
+    /// The core's id of the device, once added.
+    pub(crate) id: Option<DeviceId>,
+    pub(crate) flags: MockDeviceFlags,
+    /// The device's cache tags, cleared by invalidations through a mock vIOMMU.
+    pub(crate) cache: [u32; MOCK_DEV_CACHE_NUM],
+    /// The next attach of PASID `IOMMU_TEST_PASID_RESERVED` fails (`pasid_1024_fake_error`).
+    pasid_reserved_fails: bool,
+}
+
+impl MockDeviceState {
+    fn new(flags: MockDeviceFlags) -> MockDeviceState {
+        MockDeviceState {
+            id: None,
+            flags,
+            cache: [IOMMU_TEST_DEV_CACHE_DEFAULT; MOCK_DEV_CACHE_NUM],
+            pasid_reserved_fails: false,
+        }
+    }
+}
 
 impl DeviceTable {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, MockDeviceFlags>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, MockDeviceState>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn flags(&self, dev: &DeviceInfo<'_>) -> MockDeviceFlags {
-        self.lock().get(dev.name()).copied().unwrap_or_default()
+        self.lock()
+            .get(dev.name())
+            .map(|state| state.flags)
+            .unwrap_or_default()
+    }
+
+    /// Runs `f` on the state of the mock device called `name`, if it exists.
+    pub(crate) fn with_state<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut MockDeviceState) -> R,
+    ) -> Option<R> {
+        self.lock().get_mut(name).map(f)
+    }
+
+    /// Runs `f` on the state of the mock device `dev`, if it is one.
+    pub(crate) fn with_device<R>(
+        &self,
+        dev: DeviceId,
+        f: impl FnOnce(&mut MockDeviceState) -> R,
+    ) -> Option<R> {
+        self.lock()
+            .values_mut()
+            .find(|state| state.id == Some(dev))
+            .map(f)
     }
 }
 
@@ -118,15 +183,21 @@ impl MockIommu {
             "iommufd_mock{}",
             self.next_device.fetch_add(1, Ordering::Relaxed)
         );
-        self.devices.lock().insert(name.clone(), flags);
+        self.devices
+            .lock()
+            .insert(name.clone(), MockDeviceState::new(flags));
         let fwspec = Fwspec {
             fwnode: self.fwnode.clone(),
             ids: Vec::new(),
         };
-        core.add_device(DeviceDesc::mock(name.clone()), Some(fwspec))
+        let added = core
+            .add_device(DeviceDesc::mock(name.clone()), Some(fwspec))
             .inspect_err(|_| {
                 self.devices.lock().remove(&name);
-            })
+            })?;
+        self.devices
+            .with_state(&name, |state| state.id = Some(added));
+        Ok(added)
     }
 
     /// Remove a mock device from `core` and forget it.
@@ -149,13 +220,63 @@ impl MockIommu {
         self.devices.flags(dev)
     }
 
-    fn paging_domain(&self, flags: MockDeviceFlags, dirty_tracking: bool) -> Box<dyn DomainOps> {
+    /// Cache slot `slot` of the mock device called `name` (`IOMMU_TEST_OP_DEV_CHECK_CACHE`);
+    /// `None` for an unknown device or slot.
+    pub fn device_cache(&self, name: &str, slot: u32) -> Option<u32> {
+        self.devices
+            .with_state(name, |state| state.cache.get(slot as usize).copied())
+            .flatten()
+    }
+
+    fn paging_domain(
+        &self,
+        flags: MockDeviceFlags,
+        dirty_tracking: bool,
+        pagetable: Option<MockPagetable>,
+    ) -> Box<dyn DomainOps> {
+        let page_sizes = match pagetable {
+            Some(MockPagetable::Huge) => MOCK_HUGE_PAGE_SIZE | CPU_PAGE_SIZE,
+            _ if flags.contains(MockDeviceFlags::HUGE_IOVA) => {
+                MOCK_IO_PAGE_SIZE | MOCK_HUGE_PAGE_SIZE
+            }
+            _ => MOCK_IO_PAGE_SIZE,
+        };
         Box::new(MockPagingDomain::new(
-            flags.contains(MockDeviceFlags::HUGE_IOVA),
+            page_sizes,
             dirty_tracking,
             self.devices.clone(),
         ))
     }
+}
+
+/// The page-table types of `struct iommu_hwpt_selftest` (`MOCK_IOMMUPT_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MockPagetable {
+    /// 2 KiB pages in the mock aperture.
+    Default,
+    /// 1 MiB pages (and 4 KiB, which iommufd needs to accept a domain).
+    Huge,
+}
+
+/// The bytes of a selftest HWPT_ALLOC payload read as `struct iommu_hwpt_selftest`
+/// (`iommu_copy_struct_from_user()` up to `iotlb`): the type must be the selftest's, at least
+/// `iotlb` must be there, and bytes past the 8-byte struct must be zero. Returns `iotlb` and
+/// `pagetable_type`.
+pub(crate) fn selftest_user_data(data: &UserData<'_>) -> Result<(u32, u32)> {
+    const MIN: usize = 4;
+    const SIZE: usize = 8;
+    if data.data_type != IOMMU_HWPT_DATA_SELFTEST || data.bytes.len() < MIN {
+        return Err(CoreError::Invalid("not a selftest HWPT payload"));
+    }
+    if data.bytes.len() > SIZE && data.bytes[SIZE..].iter().any(|&b| b != 0) {
+        return Err(CoreError::TooBig);
+    }
+    let mut raw = [0u8; SIZE];
+    let common = data.bytes.len().min(SIZE);
+    raw[..common].copy_from_slice(&data.bytes[..common]);
+    let iotlb = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+    let pagetable_type = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]);
+    Ok((iotlb, pagetable_type))
 }
 
 impl IommuOps for MockIommu {
@@ -184,18 +305,31 @@ impl IommuOps for MockIommu {
         match request {
             DomainRequest::Blocked => Ok(Box::new(MockStaticDomain::Blocked)),
             DomainRequest::Identity => Ok(Box::new(MockStaticDomain::Identity)),
-            DomainRequest::Dma => Ok(self.paging_domain(flags, false)),
+            DomainRequest::Dma => Ok(self.paging_domain(flags, false, None)),
             DomainRequest::Paging {
                 flags: paging,
                 data,
             } => {
-                if data.is_some() {
-                    return Err(CoreError::NotSupported);
-                }
                 if paging.dirty_tracking && flags.contains(MockDeviceFlags::NO_DIRTY) {
                     return Err(CoreError::NotSupported);
                 }
-                Ok(self.paging_domain(flags, paging.dirty_tracking))
+                let Some(data) = data else {
+                    return Ok(self.paging_domain(flags, paging.dirty_tracking, None));
+                };
+                // Linux 7.3's mock takes selftest data (its page-table type) for paging
+                // domains too; iommufd under 6.12 never passes data for them.
+                if data.data_type != IOMMU_HWPT_DATA_SELFTEST
+                    && data.data_type != IOMMU_HWPT_DATA_NONE
+                {
+                    return Err(CoreError::NotSupported);
+                }
+                let (_, pagetable_type) = selftest_user_data(&data)?;
+                let pagetable = match pagetable_type {
+                    MOCK_IOMMUPT_DEFAULT => MockPagetable::Default,
+                    MOCK_IOMMUPT_HUGE => MockPagetable::Huge,
+                    _ => return Err(CoreError::NotSupported),
+                };
+                Ok(self.paging_domain(flags, paging.dirty_tracking, Some(pagetable)))
             }
             DomainRequest::Nested { parent, data } => {
                 if data.data_type != IOMMU_HWPT_DATA_SELFTEST {
@@ -209,14 +343,8 @@ impl IommuOps for MockIommu {
                 {
                     return Err(CoreError::Invalid("parent is not a mock paging domain"));
                 }
-                let iotlb: [u8; 4] = data
-                    .bytes
-                    .try_into()
-                    .map_err(|_| CoreError::Invalid("selftest nested data is 4 bytes"))?;
-                Ok(Box::new(MockNestedDomain::new(
-                    parent.clone(),
-                    u32::from_le_bytes(iotlb),
-                )))
+                let (iotlb, _) = selftest_user_data(&data)?;
+                Ok(Box::new(MockNestedDomain::new(parent.clone(), iotlb)))
             }
         }
     }
@@ -238,6 +366,54 @@ impl IommuOps for MockIommu {
             data_type: IOMMU_HW_INFO_TYPE_SELFTEST,
             data,
         })
+    }
+
+    /// `mock_domain_set_dev_pasid_nop()`: accepted, except that attaches of PASID
+    /// `IOMMU_TEST_PASID_RESERVED` (1024) alternate between success and `ENOMEM`, so the core's
+    /// undo of a failed replace can be tested; blocking it resets the alternation.
+    fn set_dev_pasid(
+        &self,
+        dev: &DeviceInfo<'_>,
+        pasid: u32,
+        domain: Option<&Arc<Domain>>,
+    ) -> Result<()> {
+        if pasid != IOMMU_TEST_PASID_RESERVED {
+            return Ok(());
+        }
+        let failed = self.devices.with_state(dev.name(), |state| {
+            if domain.is_none() {
+                state.pasid_reserved_fails = false;
+                return false;
+            }
+            let fail = state.pasid_reserved_fails;
+            state.pasid_reserved_fails = !fail;
+            fail
+        });
+        if failed == Some(true) {
+            return Err(CoreError::NoMemory);
+        }
+        Ok(())
+    }
+
+    fn viommu_supported(&self, _dev: &DeviceInfo<'_>, viommu_type: u32) -> bool {
+        viommu_type == IOMMU_VIOMMU_TYPE_SELFTEST
+    }
+
+    fn viommu_init(
+        &self,
+        _dev: &DeviceInfo<'_>,
+        viommu_type: u32,
+        parent: &Arc<Domain>,
+        data: Option<&mut [u8]>,
+    ) -> Result<Box<dyn ViommuOps>> {
+        if viommu_type != IOMMU_VIOMMU_TYPE_SELFTEST {
+            return Err(CoreError::NotSupported);
+        }
+        Ok(Box::new(MockViommu::new(
+            self.devices.clone(),
+            parent.clone(),
+            data,
+        )?))
     }
 
     fn max_pasids(&self, dev: &DeviceInfo<'_>) -> u32 {

@@ -10,12 +10,18 @@
 //! ([`MockSelftest`]) are iommufd's test hook and use iommufd's public test API; they reach mock
 //! domains through [`DomainOps::as_any`](uiommu_core::DomainOps::as_any). iommufd does not
 //! depend on this crate.
+//!
+//! The mock vIOMMU (Linux 7.3, `IOMMU_VIOMMU_TYPE_SELFTEST`) is the core's
+//! [`ViommuOps`](uiommu_core::ViommuOps) of this driver: a loopback of its creation data, cache
+//! invalidation of its devices' cache slots, nested domains that need the device's vDEVICE, and
+//! HW queues.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 mod domain;
 mod driver;
 mod selftest;
+mod viommu;
 
 pub use domain::{MockNestedDomain, MockPagingDomain, PageTableEntry};
 pub use driver::{MockDeviceFlags, MockIommu};

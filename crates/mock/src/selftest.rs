@@ -1,8 +1,10 @@
 //! `IOMMU_TEST_CMD`: the mock driver's side of the iommufd selftest (Linux `selftest.c`).
 //!
 //! [`MockSelftest`] implements iommufd's [`SelftestHook`]; [`MockSelftest::install`] registers
-//! it on a `/dev/iommu`. Every `IOMMU_TEST_OP_*` of the 6.12 test header is served here, with
-//! the kernel's checks in the kernel's order, through iommufd's public test API only:
+//! it on a `/dev/iommu`. Every `IOMMU_TEST_OP_*` of the 6.12 test header is served here, and
+//! of 7.3's the device cache check, `TRIGGER_VEVENT` and the PASID ops (under 6.12, see
+//! iommufd's `version` module, those answer `EOPNOTSUPP`; the dma-buf ops are not served yet),
+//! with the kernel's checks in the kernel's order, through iommufd's public test API only:
 //!
 //! * `MOCK_DOMAIN[_FLAGS]` creates a mock device on the mock bus (its fwspec names the mock's
 //!   fwnode, so the core routes it here), binds it to the context and attaches it; the result
@@ -40,6 +42,7 @@ use uiommu_iommufd::object::{ObjId, ObjRef, ObjectKind, ObjectPayload, UsersRef}
 use uiommu_iommufd::pages::{page_pin_count, RwBuf};
 use uiommu_iommufd::selftest::SelftestHook;
 use uiommu_iommufd::user_memory::{UserMemory, UserVa, PAGE_SIZE};
+use uiommu_iommufd::version::KernelVersion;
 
 use crate::domain::{MockNestedDomain, MockPagingDomain};
 use crate::driver::{MockDeviceFlags, MockIommu};
@@ -104,6 +107,12 @@ impl SelftestHook for MockSelftest {
             IOMMU_TEST_OP_MD_CHECK_MAP => check_map(call, &cmd),
             IOMMU_TEST_OP_MD_CHECK_REFS => check_refs(call, &cmd),
             IOMMU_TEST_OP_MD_CHECK_IOTLB => check_iotlb(call, &cmd),
+            IOMMU_TEST_OP_DEV_CHECK_CACHE if since_7_3(call) => self.check_dev_cache(call, &cmd),
+            IOMMU_TEST_OP_TRIGGER_VEVENT if since_7_3(call) => trigger_vevent(call, &cmd),
+            IOMMU_TEST_OP_PASID_ATTACH if since_7_3(call) => pasid_attach(call, ucmd),
+            IOMMU_TEST_OP_PASID_REPLACE if since_7_3(call) => pasid_replace(call, ucmd),
+            IOMMU_TEST_OP_PASID_DETACH if since_7_3(call) => pasid_detach(call, &cmd),
+            IOMMU_TEST_OP_PASID_CHECK_HWPT if since_7_3(call) => pasid_check_hwpt(call, &cmd),
             IOMMU_TEST_OP_CREATE_ACCESS => create_access(call, ucmd),
             IOMMU_TEST_OP_ACCESS_REPLACE_IOAS => access_replace_ioas(call, &cmd),
             IOMMU_TEST_OP_ACCESS_PAGES => access_pages(call, ucmd),
@@ -223,6 +232,20 @@ impl MockSelftest {
 
     /// `IOMMU_TEST_OP_TRIGGER_IOPF` (`iommufd_test_trigger_iopf()`): report a last-page request
     /// from a mock device. The report's outcome is not returned, as in Linux.
+    /// `IOMMU_TEST_OP_DEV_CHECK_CACHE` (`iommufd_test_dev_check_cache()`): `cmd.id` is a
+    /// DEVICE id; the slot must exist and hold the expected value.
+    fn check_dev_cache(&self, call: &Call, cmd: &IommuTestCmd) -> Result<(), Errno> {
+        let args = cmd.payload::<TestCheckDevCache>();
+        let idev = call.ctx.objects().get::<Device>(ObjId(cmd.id))?;
+        let name = device_name(idev.core(), idev.dev()).ok_or(Errno::EINVAL)?;
+        if args.id > MOCK_DEV_CACHE_ID_MAX
+            || self.mock.device_cache(&name, args.id) != Some(args.cache)
+        {
+            return Err(Errno::EINVAL);
+        }
+        Ok(())
+    }
+
     fn trigger_iopf(&self, call: &Call, cmd: &IommuTestCmd) -> Result<(), Errno> {
         let args = cmd.payload::<TestTriggerIopf>();
         let idev = call.ctx.objects().get::<Device>(ObjId(args.dev_id))?;
@@ -247,6 +270,18 @@ impl MockSelftest {
 }
 
 /// Whether `dev` sits on the mock bus (`iommufd_selftest_is_mock_dev()`).
+/// Test ops that Linux 7.3 has and 6.12 does not answer `EOPNOTSUPP` under 6.12.
+fn since_7_3(call: &Call) -> bool {
+    call.kernel_version() >= KernelVersion::V7_3
+}
+
+fn device_name(core: &IommuCore, dev: DeviceId) -> Option<String> {
+    core.devices()
+        .into_iter()
+        .find(|d| d.id == dev && d.bus == BusKind::Mock)
+        .map(|d| d.name)
+}
+
 fn is_mock_device(core: &IommuCore, dev: DeviceId) -> bool {
     core.devices()
         .iter()
@@ -265,6 +300,101 @@ fn mock_domain_replace(call: &Call, ucmd: &mut Ucmd<'_, IommuTestCmd>) -> Result
         pt_id: hwpt_id.raw(),
     });
     ucmd.respond()
+}
+
+/// `IOMMU_TEST_OP_TRIGGER_VEVENT` (`iommufd_test_trigger_vevent()`): the device, attached to a
+/// nested HWPT of a vIOMMU where it has a non-zero virtual id, reports one selftest vEVENT
+/// (`struct iommu_viommu_event_selftest`: that virtual id).
+fn trigger_vevent(call: &Call, cmd: &IommuTestCmd) -> Result<(), Errno> {
+    let args = cmd.payload::<TestTriggerVevent>();
+    let objects = call.ctx.objects();
+    let idev = objects.get::<Device>(ObjId(args.dev_id))?;
+    let nested = idev
+        .attached_hwpt()
+        .and_then(|id| objects.get::<HwptNested>(id).ok())
+        .ok_or(Errno::ENOENT)?;
+    let viommu = nested.viommu().ok_or(Errno::ENOENT)?;
+    let virt_id = viommu
+        .virt_id_of(idev.dev())
+        .filter(|&id| id != 0)
+        .ok_or(Errno::ENOENT)?;
+    viommu.report_event(IOMMU_VEVENTQ_TYPE_SELFTEST, &(virt_id as u32).to_le_bytes())
+}
+
+/// The binding of the mock device behind stdev id `id`.
+fn stdev_binding<'c>(call: &'c Call, id: u32) -> Result<ObjRef<'c, SelftestDevice>, Errno> {
+    let sobj = call.ctx.objects().get::<SelftestDevice>(ObjId(id))?;
+    if sobj.binding.is_none() {
+        return Err(Errno::EINVAL);
+    }
+    Ok(sobj)
+}
+
+fn binding(sobj: &SelftestDevice) -> &DeviceBinding {
+    sobj.binding.as_ref().expect("checked by stdev_binding")
+}
+
+/// `IOMMU_TEST_OP_PASID_ATTACH` (`iommufd_test_pasid_attach()`); PASID 0 is the RID.
+fn pasid_attach(call: &Call, ucmd: &mut Ucmd<'_, IommuTestCmd>) -> Result<(), Errno> {
+    let cmd = ucmd.cmd;
+    let args = cmd.payload::<TestPasidAttach>();
+    let sobj = stdev_binding(call, cmd.id)?;
+    if args.pasid == 0 {
+        // The RID is attached from MOCK_DOMAIN on: a second attach of the same device is
+        // the kernel's EBUSY.
+        return Err(Errno::EBUSY);
+    }
+    binding(&sobj).pasid_attach(&call.ctx, args.pasid, ObjId(args.pt_id))?;
+    if let Err(err) = ucmd.respond() {
+        binding(&sobj).pasid_detach(Some(call.ctx.objects()), args.pasid);
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// `IOMMU_TEST_OP_PASID_REPLACE` (`iommufd_test_pasid_replace()`); PASID 0 is the RID.
+fn pasid_replace(call: &Call, ucmd: &mut Ucmd<'_, IommuTestCmd>) -> Result<(), Errno> {
+    let cmd = ucmd.cmd;
+    let args = cmd.payload::<TestPasidReplace>();
+    let sobj = stdev_binding(call, cmd.id)?;
+    if args.pasid == 0 {
+        binding(&sobj).replace(&call.ctx, ObjId(args.pt_id))?;
+    } else {
+        binding(&sobj).pasid_replace(&call.ctx, args.pasid, ObjId(args.pt_id))?;
+    }
+    ucmd.respond()
+}
+
+/// `IOMMU_TEST_OP_PASID_DETACH` (`iommufd_test_pasid_detach()`): never fails once the device
+/// is found.
+fn pasid_detach(call: &Call, cmd: &IommuTestCmd) -> Result<(), Errno> {
+    let args = cmd.payload::<TestPasidDetach>();
+    let sobj = stdev_binding(call, cmd.id)?;
+    binding(&sobj).pasid_detach(Some(call.ctx.objects()), args.pasid);
+    Ok(())
+}
+
+/// `IOMMU_TEST_OP_PASID_CHECK_HWPT` (`iommufd_test_pasid_check_hwpt()`): `hwpt_id` 0 asks
+/// that the PASID be detached; otherwise it must be attached to that HWPT.
+fn pasid_check_hwpt(call: &Call, cmd: &IommuTestCmd) -> Result<(), Errno> {
+    let args = cmd.payload::<TestPasidCheck>();
+    let sobj = stdev_binding(call, cmd.id)?;
+    let attached = binding(&sobj).pasid_hwpt(args.pasid);
+    if args.hwpt_id == 0 {
+        return if attached.is_some() {
+            Err(Errno::EINVAL)
+        } else {
+            Ok(())
+        };
+    }
+    let hwpt = call.ctx.objects().get_any(ObjId(args.hwpt_id))?;
+    if !matches!(hwpt.kind(), ObjectKind::HwptPaging | ObjectKind::HwptNested) {
+        return Err(Errno::EINVAL);
+    }
+    if attached != Some(ObjId(args.hwpt_id)) {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -436,14 +566,26 @@ fn dirty(call: &Call, ucmd: &mut Ucmd<'_, IommuTestCmd>) -> Result<(), Errno> {
         .read(UserVa(args.uptr), &mut bitmap)
         .map_err(|_| Errno::EFAULT)?;
     let mut count = 0u64;
+    let v7_3 = since_7_3(call);
     for i in 0..bits {
         if bitmap[(i / 8) as usize] & (1 << (i % 8)) == 0 {
             continue;
         }
         let cur = args.iova.wrapping_add(i.wrapping_mul(args.page_size));
-        let index = cur / args.page_size;
-        if table.mark_dirty(Iova(index.wrapping_mul(MOCK_IO_PAGE_SIZE))) {
+        if v7_3 {
+            // 7.3 sets the dirty bit of the PTE translating `cur` and counts every set bit. Its
+            // mock page table maps CPU pages with one PTE: mark both 2 KiB halves (a huge
+            // entry is reported whole by the domain anyway).
+            let pte = cur & !(PAGE_SIZE - 1);
+            table.mark_dirty(Iova(pte));
+            table.mark_dirty(Iova(pte + MOCK_IO_PAGE_SIZE));
             count += 1;
+        } else {
+            // 6.12 marks the entry of mock page `cur / page_size` and counts only mapped ones.
+            let index = cur / args.page_size;
+            if table.mark_dirty(Iova(index.wrapping_mul(MOCK_IO_PAGE_SIZE))) {
+                count += 1;
+            }
         }
     }
     args.out_nr_dirty = count;

@@ -7,6 +7,8 @@ mod selftest_common;
 use selftest_common::*;
 use uiommu_iommufd::abi::*;
 use uiommu_iommufd::errno::Errno;
+use uiommu_iommufd::user_memory::{UserMemory, UserVa};
+use uiommu_iommufd::version::KernelVersion;
 
 /// An IOAS with one mock device (`device_id`) attached to an auto HWPT.
 fn with_device(env: &Env) -> (u32, u32, u32, u32) {
@@ -76,7 +78,7 @@ fn hwpt_alloc_checks_in_kernel_order() {
         Err(Errno::EOPNOTSUPP)
     );
     let mut data = IommuHwptSelftest { iotlb: 1 };
-    assert_eq!(
+    let mut with_data = || {
         env.hwpt_alloc_data(
             idev,
             ioas,
@@ -84,13 +86,69 @@ fn hwpt_alloc_checks_in_kernel_order() {
             IOMMU_HWPT_DATA_SELFTEST,
             std::ptr::from_mut(&mut data) as u64,
             4,
-            0
-        ),
+            0,
+        )
+    };
+    env.iommufd.set_kernel_version(KernelVersion::V6_12);
+    assert_eq!(
+        with_data(),
         Err(Errno::EOPNOTSUPP),
-        "the mock takes no data for paging domains"
+        "6.12's mock takes no data for paging domains"
     );
     // Every failure above left nothing behind: ioas, stdev, idev, auto hwpt, manual hwpt.
     assert_eq!(env.objects(), 5);
+    env.iommufd.set_kernel_version(KernelVersion::V7_3);
+    with_data().expect("7.3's mock reads its page-table type (DEFAULT here)");
+}
+
+/// 7.3: `struct iommu_hwpt_selftest` has 8 bytes; `pagetable_type` picks the mock's page sizes.
+#[test]
+fn paging_alloc_takes_the_mock_pagetable_type() {
+    let env = Env::new();
+    let (ioas, _, _, idev) = with_device(&env);
+    let alloc = |ty, pagetable_type, len| {
+        let mut data = IommuHwptSelftestPagetable {
+            iotlb: 0,
+            pagetable_type,
+        };
+        let ptr = std::ptr::from_mut(&mut data) as u64;
+        env.hwpt_alloc_data(idev, ioas, 0, ty, ptr, len, 0)
+    };
+    // IOVA_RANGES writes the alignment back even when its range array is too small.
+    let alignment = || {
+        let mut ranges = IommuIoasIovaRanges {
+            size: size_of::<IommuIoasIovaRanges>() as u32,
+            ioas_id: ioas,
+            ..Default::default()
+        };
+        let _ = env.ioctl(IOMMU_IOAS_IOVA_RANGES, &mut ranges);
+        ranges.out_iova_alignment
+    };
+    let selftest = IOMMU_HWPT_DATA_SELFTEST;
+    assert_eq!(
+        alloc(selftest + 1, MOCK_IOMMUPT_HUGE, 8),
+        Err(Errno::EOPNOTSUPP)
+    );
+    assert_eq!(
+        alloc(selftest, MOCK_IOMMUPT_HUGE, 3),
+        Err(Errno::EINVAL),
+        "no iotlb"
+    );
+    let huge = alloc(selftest, MOCK_IOMMUPT_HUGE, 8).unwrap();
+    assert_eq!(
+        alignment(),
+        PAGE,
+        "HUGE offers 4 KiB and 1 MiB pages: the IOAS aligns to 4 KiB"
+    );
+    env.destroy(huge).unwrap();
+    assert_eq!(
+        alloc(selftest, 2, 8),
+        Err(Errno::EOPNOTSUPP),
+        "unknown type"
+    );
+    let default = alloc(selftest, MOCK_IOMMUPT_DEFAULT, 8).unwrap();
+    assert_eq!(alignment(), MOCK_IO_PAGE_SIZE);
+    env.destroy(default).unwrap();
 }
 
 #[test]
@@ -160,10 +218,15 @@ fn nested_alloc_follows_the_selftest_negative_cases() {
         nested(not_parent, 0, IOMMU_HWPT_DATA_SELFTEST, ptr, 4),
         Err(Errno::EINVAL)
     );
+    // Longer data than the mock's struct is fine while the excess is zero (E2BIG otherwise).
+    let zeros = Buffer::new(PAGE as usize);
+    let long = nested(parent, 0, IOMMU_HWPT_DATA_SELFTEST, zeros.addr(), 64).unwrap();
+    env.destroy(long).unwrap();
+    env.memory.write(UserVa(zeros.addr() + 8), &[1]).unwrap();
     assert_eq!(
-        nested(parent, 0, IOMMU_HWPT_DATA_SELFTEST, ptr, 1 << 20),
-        Err(Errno::EINVAL),
-        "oversized data"
+        nested(parent, 0, IOMMU_HWPT_DATA_SELFTEST, zeros.addr(), 64),
+        Err(Errno::E2BIG),
+        "non-zero bytes past the struct"
     );
     let n0 = nested(parent, 0, IOMMU_HWPT_DATA_SELFTEST, ptr, 4).unwrap();
     assert_eq!(
@@ -251,9 +314,16 @@ fn invalidate_processes_entries_in_order_and_reports_how_many() {
 
     assert_eq!(
         invalidate(&env, parent, &mut reqs, ty, len, 1),
-        (Err(Errno::ENOENT), 0),
-        "paging hwpts take no invalidation"
+        (Err(Errno::EINVAL), 0),
+        "paging hwpts take no invalidation (7.3: EINVAL)"
     );
+    env.iommufd.set_kernel_version(KernelVersion::V6_12);
+    assert_eq!(
+        invalidate(&env, parent, &mut reqs, ty, len, 1),
+        (Err(Errno::ENOENT), 0),
+        "6.12 looks for a nested HWPT: ENOENT"
+    );
+    env.iommufd.set_kernel_version(KernelVersion::V7_3);
     assert_eq!(invalidate(&env, n, &mut reqs, ty, len, 0), (Ok(0), 0));
     assert_eq!(
         invalidate(
@@ -470,8 +540,14 @@ fn set_dirty_tracking_checks_flags_object_and_capability() {
 /// The selftest's `_test_mock_dirty_bitmaps` on a 64-page (128 KiB) buffer.
 #[test]
 fn dirty_bits_marked_by_the_device_come_back_once_unless_no_clear() {
-    for no_clear in [false, true] {
+    for (no_clear, version) in [false, true]
+        .into_iter()
+        .flat_map(|n| KernelVersion::ALL.map(|v| (n, v)))
+    {
         let env = Env::new();
+        env.iommufd.set_kernel_version(version);
+        // 7.3's mock sets the dirty bit of a whole CPU-page PTE: both 2 KiB bits come back.
+        let v7_3 = version == KernelVersion::V7_3;
         let len = 32 * PAGE;
         let buf = Buffer::new(len as usize);
         let ioas = env.ioas_alloc();
@@ -504,14 +580,14 @@ fn dirty_bits_marked_by_the_device_come_back_once_unless_no_clear() {
         bitmap.fill(0);
         get_dirty_bitmap(&env, hwpt, BASE_IOVA, len, page_size, &mut bitmap, flags).unwrap();
         for i in 0..nbits {
-            assert_eq!(bit(&bitmap, i), i % 2 == 0, "bit {i}");
+            assert_eq!(bit(&bitmap, i), v7_3 || i % 2 == 0, "bit {i}");
         }
         bitmap.fill(0);
         get_dirty_bitmap(&env, hwpt, BASE_IOVA, len, page_size, &mut bitmap, flags).unwrap();
         for i in 0..nbits {
             assert_eq!(
                 bit(&bitmap, i),
-                no_clear && i % 2 == 0,
+                no_clear && (v7_3 || i % 2 == 0),
                 "second read, bit {i}"
             );
         }
@@ -529,7 +605,8 @@ fn dirty_bits_marked_by_the_device_come_back_once_unless_no_clear() {
         };
         env.ioctl(IOMMU_HWPT_GET_DIRTY_BITMAP, &mut cmd).unwrap();
         assert_eq!(bytes[0], 0);
-        assert_eq!(bytes[1], if no_clear { 0x80 | 0x55 } else { 0x80 });
+        let still_dirty = if v7_3 { 0xff } else { 0x55 };
+        assert_eq!(bytes[1], if no_clear { 0x80 | still_dirty } else { 0x80 });
     }
 }
 
