@@ -11,7 +11,11 @@ fn probe(platform: &str) -> HashMap<String, serde_json::Value> {
         .args(["probe", &path, "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v["devices"]
         .as_array()
@@ -51,7 +55,10 @@ fn smmuv3_platform_groups_as_linux() {
     // One stream ID, two devices: the first owns it, the second's probe fails as in Linux.
     assert_eq!(d["sdhci0"]["state"], "bound");
     let failed = d["sdhci1"]["state"].as_str().unwrap();
-    assert!(failed.starts_with("failed: invalid argument: stream ID already"), "{failed}");
+    assert!(
+        failed.starts_with("failed: invalid argument: stream ID already"),
+        "{failed}"
+    );
     assert_eq!(d.len(), 9);
 }
 
@@ -84,7 +91,11 @@ fn unknown_driver_names_list_the_hardware_drivers() {
     let dir = std::env::temp_dir().join(format!("uiommu-hwdrivers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.toml");
-    std::fs::write(&path, "[[iommu]]\nname = \"x\"\ndriver = \"arm-smmu-v2\"\nfwnode = \"f\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[[iommu]]\nname = \"x\"\ndriver = \"arm-smmu-v2\"\nfwnode = \"f\"\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_uiommu"))
         .args(["probe", path.to_str().unwrap()])
         .output()

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use uiommu_core::{
     Capability, CoreError, DeviceId, DeviceInfo, DomainOps, DomainRequest, FwNode, GroupChoice,
-    InstanceId, Iova, IommuOps, Prot, ReservedKind, ReservedRegion, Result,
+    InstanceId, IommuOps, Iova, Prot, ReservedKind, ReservedRegion, Result,
 };
 use uiommu_pgtable::fmt::amdv1::AmdV1;
 
@@ -95,7 +95,9 @@ impl AmdIommu {
     fn ids_of(dev: &DeviceInfo<'_>) -> Result<Vec<u16>> {
         let mut ids = Vec::new();
         for &id in dev.fwspec_ids() {
-            ids.push(u16::try_from(id).map_err(|_| CoreError::Invalid("AMD device IDs are 16-bit"))?);
+            ids.push(
+                u16::try_from(id).map_err(|_| CoreError::Invalid("AMD device IDs are 16-bit"))?,
+            );
         }
         if ids.is_empty() {
             if let Some(f) = dev.desc.pci_function() {

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use uiommu_core::{
     Capability, CoreError, DeviceId, DeviceInfo, DomainOps, DomainRequest, FwNode, GroupChoice,
-    InstanceId, Iova, IommuOps, Prot, ReservedKind, ReservedRegion, Result,
+    InstanceId, IommuOps, Iova, Prot, ReservedKind, ReservedRegion, Result,
 };
 use uiommu_pgtable::fmt::arm_lpae::ArmLpae;
 

@@ -9,32 +9,53 @@ use uiommu_drivers::amd::HT_RANGE_START;
 use uiommu_drivers::{AmdFeatures, AmdIommu, DirectRange};
 use uiommu_pgtable::fmt::amdv1::{self, AmdV1};
 
-fn ivhd(features: AmdFeatures, unity: Vec<DirectRange>) -> (IommuCore, FwNode, std::sync::Arc<AmdIommu>) {
+fn ivhd(
+    features: AmdFeatures,
+    unity: Vec<DirectRange>,
+) -> (IommuCore, FwNode, std::sync::Arc<AmdIommu>) {
     let core = IommuCore::default();
     let node = FwNode::new("IVRS.IVHD0");
     let drv = AmdIommu::new(node.clone(), features, unity);
-    core.register("ivhd0", Some(node.clone()), drv.clone()).unwrap();
+    core.register("ivhd0", Some(node.clone()), drv.clone())
+        .unwrap();
     (core, node, drv)
 }
 
 fn endpoint(core: &IommuCore, node: &FwNode, f: PciFunction, ids: &[u32]) -> DeviceId {
-    core.add_device(DeviceDesc::pci(f, None), spec(node, ids)).unwrap()
+    core.add_device(DeviceDesc::pci(f, None), spec(node, ids))
+        .unwrap()
 }
 
 #[test]
 fn dma_domain_maps_with_v1_ptes() {
     let (core, node, drv) = ivhd(AmdFeatures::default(), Vec::new());
-    let nic = endpoint(&core, &node, pci("00:03.0", PciKind::Endpoint, false, false), &[0x18]);
+    let nic = endpoint(
+        &core,
+        &node,
+        pci("00:03.0", PciKind::Endpoint, false, false),
+        &[0x18],
+    );
     assert_eq!(drv.device_ids(nic), [0x18]);
     let domain = core.default_domain(nic).unwrap();
     domain
-        .map(Iova(0x1000), PhysAddr(0x7_0000_1000), 0x3000, Prot::READ_WRITE)
+        .map(
+            Iova(0x1000),
+            PhysAddr(0x7_0000_1000),
+            0x3000,
+            Prot::READ_WRITE,
+        )
         .unwrap();
     domain
         .map(Iova(0x20_0000), PhysAddr(0x40_0000), 0x20_0000, Prot::READ)
         .unwrap();
-    assert_eq!(domain.iova_to_phys(Iova(0x2010)), Some(PhysAddr(0x7_0000_2010)));
-    assert_eq!(domain.iova_to_phys(Iova(0x3f_ffff)), Some(PhysAddr(0x5f_ffff)));
+    assert_eq!(
+        domain.iova_to_phys(Iova(0x2010)),
+        Some(PhysAddr(0x7_0000_2010))
+    );
+    assert_eq!(
+        domain.iova_to_phys(Iova(0x3f_ffff)),
+        Some(PhysAddr(0x5f_ffff))
+    );
     let v1 = paging::<AmdV1>(&domain);
     let (level, pte) = leaf_pte(v1, 0x2000).unwrap();
     assert_eq!(level, 0);
@@ -46,7 +67,11 @@ fn dma_domain_maps_with_v1_ptes() {
     let (level, pte) = leaf_pte(v1, 0x20_0000).unwrap();
     assert_eq!(level, 1);
     assert_eq!(pte & (amdv1::IR | amdv1::IW), amdv1::IR);
-    assert_eq!((pte >> amdv1::NL_SHIFT) & amdv1::NL_MASK, 0, "a leaf has next level 0");
+    assert_eq!(
+        (pte >> amdv1::NL_SHIFT) & amdv1::NL_MASK,
+        0,
+        "a leaf has next level 0"
+    );
     assert_eq!(domain.unmap(Iova(0x1000), 0x3000), 0x3000);
     assert!(leaf_pte(v1, 0x2000).is_none());
     let regions = core.reserved_regions(nic);
@@ -64,8 +89,18 @@ fn ivrs_alias_joins_two_devices_in_one_group() {
     let mut aliased = pci("00:05.0", PciKind::Endpoint, false, false);
     aliased.dma_aliases = vec![(5 << 3) | 1];
     let a = endpoint(&core, &node, aliased, &[0x28, 0x29]);
-    let b = endpoint(&core, &node, pci("00:05.1", PciKind::Endpoint, false, false), &[0x29]);
-    let c = endpoint(&core, &node, pci("00:06.0", PciKind::Endpoint, false, false), &[0x30]);
+    let b = endpoint(
+        &core,
+        &node,
+        pci("00:05.1", PciKind::Endpoint, false, false),
+        &[0x29],
+    );
+    let c = endpoint(
+        &core,
+        &node,
+        pci("00:06.0", PciKind::Endpoint, false, false),
+        &[0x30],
+    );
     assert_eq!(core.group_of(a), core.group_of(b));
     assert_ne!(core.group_of(a), core.group_of(c));
     assert!(std::sync::Arc::ptr_eq(
@@ -94,11 +129,22 @@ fn unity_ranges_are_direct_mapped_and_dirty_bits_follow_had() {
         },
         vec![unity],
     );
-    let dev = endpoint(&core, &node, pci("00:07.0", PciKind::Endpoint, false, false), &[0x38]);
+    let dev = endpoint(
+        &core,
+        &node,
+        pci("00:07.0", PciKind::Endpoint, false, false),
+        &[0x38],
+    );
     let domain = core.default_domain(dev).unwrap();
     let (_, pte) = leaf_pte(paging::<AmdV1>(&domain), 0xd000_2000).unwrap();
-    assert_eq!(pte & (amdv1::PR | amdv1::IR | amdv1::IW), amdv1::PR | amdv1::IR);
-    assert_eq!(domain.iova_to_phys(Iova(0xd000_3fff)), Some(PhysAddr(0xd000_3fff)));
+    assert_eq!(
+        pte & (amdv1::PR | amdv1::IR | amdv1::IW),
+        amdv1::PR | amdv1::IR
+    );
+    assert_eq!(
+        domain.iova_to_phys(Iova(0xd000_3fff)),
+        Some(PhysAddr(0xd000_3fff))
+    );
     assert_eq!(domain.iova_to_phys(Iova(0xd000_4000)), None);
 
     let flags = PagingFlags {
@@ -120,9 +166,15 @@ fn unity_ranges_are_direct_mapped_and_dirty_bits_follow_had() {
     assert!(dirty(&user, 0, 0x20_0000, false).is_empty());
 
     let (core, node, _) = ivhd(AmdFeatures::default(), Vec::new());
-    let dev = endpoint(&core, &node, pci("00:07.0", PciKind::Endpoint, false, false), &[0x38]);
+    let dev = endpoint(
+        &core,
+        &node,
+        pci("00:07.0", PciKind::Endpoint, false, false),
+        &[0x38],
+    );
     assert_eq!(
-        core.domain_alloc(dev, DomainRequest::Paging { flags, data: None }).unwrap_err(),
+        core.domain_alloc(dev, DomainRequest::Paging { flags, data: None })
+            .unwrap_err(),
         CoreError::NotSupported
     );
 }
@@ -134,9 +186,18 @@ fn identity_and_blocked_domains() {
         ..CoreConfig::default()
     });
     let node = FwNode::new("IVHD");
-    core.register("ivhd", Some(node.clone()), AmdIommu::new(node.clone(), AmdFeatures::default(), Vec::new()))
-        .unwrap();
-    let dev = endpoint(&core, &node, pci("00:02.0", PciKind::Endpoint, false, false), &[]);
+    core.register(
+        "ivhd",
+        Some(node.clone()),
+        AmdIommu::new(node.clone(), AmdFeatures::default(), Vec::new()),
+    )
+    .unwrap();
+    let dev = endpoint(
+        &core,
+        &node,
+        pci("00:02.0", PciKind::Endpoint, false, false),
+        &[],
+    );
     assert_eq!(core.default_domain(dev).unwrap().ty(), DomainType::Identity);
     core.claim_dma_owner(dev, DmaOwner::new()).unwrap();
     assert_eq!(core.device_domain(dev).unwrap().ty(), DomainType::Blocked);

@@ -19,17 +19,27 @@ const WINDOW: u64 = 0x4000_0000;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Map { first: u64, count: u64, shift: u64, write: bool },
-    Unmap { first: u64, count: u64 },
+    Map {
+        first: u64,
+        count: u64,
+        shift: u64,
+        write: bool,
+    },
+    Unmap {
+        first: u64,
+        count: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0..PAGES, 1..32u64, 0..64u64, any::<bool>()).prop_map(|(first, count, shift, write)| Op::Map {
-            first,
-            count,
-            shift: 2 * shift + 1,
-            write
+        (0..PAGES, 1..32u64, 0..64u64, any::<bool>()).prop_map(|(first, count, shift, write)| {
+            Op::Map {
+                first,
+                count,
+                shift: 2 * shift + 1,
+                write,
+            }
         }),
         (0..PAGES, 1..64u64).prop_map(|(first, count)| Op::Unmap { first, count }),
     ]
@@ -38,11 +48,18 @@ fn op() -> impl Strategy<Value = Op> {
 fn domain_of(driver: &str) -> Arc<Domain> {
     let core = IommuCore::default();
     let node = FwNode::new("iommu");
-    core.register("iommu", Some(node.clone()), create_default(driver, &node).unwrap())
-        .unwrap();
+    core.register(
+        "iommu",
+        Some(node.clone()),
+        create_default(driver, &node).unwrap(),
+    )
+    .unwrap();
     let dev = core
         .add_device(
-            DeviceDesc::pci(common::pci("00:04.0", PciKind::Endpoint, false, false), None),
+            DeviceDesc::pci(
+                common::pci("00:04.0", PciKind::Endpoint, false, false),
+                None,
+            ),
             common::spec(&node, &[0x20]),
         )
         .unwrap();

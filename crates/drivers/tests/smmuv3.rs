@@ -22,16 +22,27 @@ fn smmu(features: SmmuV3Features) -> (IommuCore, FwNode, std::sync::Arc<SmmuV3>)
 fn stage1_dma_domain_maps_with_lpae_stage1_descriptors() {
     let (core, node, drv) = smmu(SmmuV3Features::default());
     let nic = core
-        .add_device(DeviceDesc::platform("nic"), spec(&node, &[0x20, 0x21, 0x20]))
+        .add_device(
+            DeviceDesc::platform("nic"),
+            spec(&node, &[0x20, 0x21, 0x20]),
+        )
         .unwrap();
     assert_eq!(drv.stream_ids(nic), [0x20, 0x21]);
     let domain = core.default_domain(nic).unwrap();
     assert_eq!(domain.ty(), DomainType::Dma);
-    assert_eq!(domain.ops().pgsize_bitmap(), (1 << 12) | (1 << 21) | (1 << 30));
+    assert_eq!(
+        domain.ops().pgsize_bitmap(),
+        (1 << 12) | (1 << 21) | (1 << 30)
+    );
     assert_eq!(domain.ops().aperture().last, Iova((1 << 48) - 1));
 
     domain
-        .map(Iova(0x4000_0000), PhysAddr(0x8_0000_0000), 0x20_0000, Prot::READ_WRITE)
+        .map(
+            Iova(0x4000_0000),
+            PhysAddr(0x8_0000_0000),
+            0x20_0000,
+            Prot::READ_WRITE,
+        )
         .unwrap();
     domain
         .map(Iova(0x1000), PhysAddr(0x9000_3000), 0x1000, Prot::READ)
@@ -40,7 +51,10 @@ fn stage1_dma_domain_maps_with_lpae_stage1_descriptors() {
         domain.iova_to_phys(Iova(0x4000_0000 + 0x1_2345)),
         Some(PhysAddr(0x8_0001_2345))
     );
-    assert_eq!(domain.iova_to_phys(Iova(0x1008)), Some(PhysAddr(0x9000_3008)));
+    assert_eq!(
+        domain.iova_to_phys(Iova(0x1008)),
+        Some(PhysAddr(0x9000_3008))
+    );
 
     let s1 = paging::<ArmLpae>(&domain);
     // A 2 MiB block at Arm level 2: block type, AF, inner shareable, cacheable, writable,
@@ -51,10 +65,17 @@ fn stage1_dma_domain_maps_with_lpae_stage1_descriptors() {
     assert_eq!(pte & arm_lpae::ADDR_MASK, 0x8_0000_0000);
     assert_ne!(pte & arm_lpae::AF, 0);
     assert_eq!(pte & (3 << 8), arm_lpae::SH_IS);
-    assert_eq!((pte >> arm_lpae::ATTR_INDEX_SHIFT) & 7, arm_lpae::ATTR_IDX_CACHE);
+    assert_eq!(
+        (pte >> arm_lpae::ATTR_INDEX_SHIFT) & 7,
+        arm_lpae::ATTR_IDX_CACHE
+    );
     assert_eq!(pte & arm_lpae::AP_RDONLY, 0);
     assert_ne!(pte & arm_lpae::AP_UNPRIV, 0);
-    assert_eq!(pte & arm_lpae::DBM, 0, "no DBM without a dirty-tracking domain");
+    assert_eq!(
+        pte & arm_lpae::DBM,
+        0,
+        "no DBM without a dirty-tracking domain"
+    );
     // A 4 KiB page at Arm level 3, read-only.
     let (level, pte) = leaf_pte(s1, 0x1000).unwrap();
     assert_eq!(level, 0);
@@ -93,7 +114,12 @@ fn nest_parent_is_a_stage2_table_and_needs_both_stages() {
         )
         .unwrap();
     parent
-        .map(Iova(0x20_0000), PhysAddr(0x4000_0000), 0x1000, Prot::READ_WRITE)
+        .map(
+            Iova(0x20_0000),
+            PhysAddr(0x4000_0000),
+            0x1000,
+            Prot::READ_WRITE,
+        )
         .unwrap();
     let s2 = paging::<ArmLpae>(&parent);
     let (_, pte) = leaf_pte(s2, 0x20_0000).unwrap();
@@ -117,8 +143,14 @@ fn nest_parent_is_a_stage2_table_and_needs_both_stages() {
         dirty_tracking: false,
     };
     assert_eq!(
-        core.domain_alloc(dev, DomainRequest::Paging { flags: nest, data: None })
-            .unwrap_err(),
+        core.domain_alloc(
+            dev,
+            DomainRequest::Paging {
+                flags: nest,
+                data: None
+            }
+        )
+        .unwrap_err(),
         CoreError::NotSupported
     );
     let (core, node, _) = smmu(SmmuV3Features {
@@ -133,7 +165,10 @@ fn nest_parent_is_a_stage2_table_and_needs_both_stages() {
         .map(Iova(0), PhysAddr(0x1000), 0x1000, Prot::READ)
         .unwrap();
     let (_, pte) = leaf_pte(paging::<ArmLpae>(&domain), 0).unwrap();
-    assert_eq!(pte & (arm_lpae::S2AP_READ | arm_lpae::S2AP_WRITE), arm_lpae::S2AP_READ);
+    assert_eq!(
+        pte & (arm_lpae::S2AP_READ | arm_lpae::S2AP_WRITE),
+        arm_lpae::S2AP_READ
+    );
 }
 
 #[test]
@@ -152,7 +187,10 @@ fn httu_dirty_tracking_uses_dbm_and_reports_written_leaves() {
         flags: dirty_flags,
         data: None,
     };
-    assert_eq!(core.domain_alloc(dev, req).unwrap_err(), CoreError::NotSupported);
+    assert_eq!(
+        core.domain_alloc(dev, req).unwrap_err(),
+        CoreError::NotSupported
+    );
     let plain = core.default_domain(dev).unwrap();
     assert_eq!(
         plain.ops().set_dirty_tracking(true),
@@ -170,7 +208,12 @@ fn httu_dirty_tracking_uses_dbm_and_reports_written_leaves() {
     let domain = core.domain_alloc(dev, req).unwrap();
     domain.ops().set_dirty_tracking(true).unwrap();
     domain
-        .map(Iova(0x10_0000), PhysAddr(0x5000_0000), 0x4000, Prot::READ_WRITE)
+        .map(
+            Iova(0x10_0000),
+            PhysAddr(0x5000_0000),
+            0x4000,
+            Prot::READ_WRITE,
+        )
         .unwrap();
     domain
         .map(Iova(0x20_0000), PhysAddr(0x6000_0000), 0x1000, Prot::READ)
@@ -178,17 +221,30 @@ fn httu_dirty_tracking_uses_dbm_and_reports_written_leaves() {
     let s1 = paging::<ArmLpae>(&domain);
     // Writable-clean: DBM with AP[2] (read-only) until the SMMU sees a write.
     let (_, pte) = leaf_pte(s1, 0x10_1000).unwrap();
-    assert_eq!(pte & (arm_lpae::DBM | arm_lpae::AP_RDONLY), arm_lpae::DBM | arm_lpae::AP_RDONLY);
+    assert_eq!(
+        pte & (arm_lpae::DBM | arm_lpae::AP_RDONLY),
+        arm_lpae::DBM | arm_lpae::AP_RDONLY
+    );
     assert!(dirty(&domain, 0x10_0000, 0x20_1000, false).is_empty());
     assert!(s1.device_write(Iova(0x10_1000)).unwrap());
     assert!(!s1.device_write(Iova(0x20_0000)).unwrap(), "read-only leaf");
     let (_, pte) = leaf_pte(s1, 0x10_1000).unwrap();
     assert_eq!(pte & (arm_lpae::DBM | arm_lpae::AP_RDONLY), arm_lpae::DBM);
-    assert_eq!(dirty(&domain, 0x10_0000, 0x20_1000, true), [(0x10_1000, 0x1000)]);
-    assert_eq!(dirty(&domain, 0x10_0000, 0x20_1000, false), [(0x10_1000, 0x1000)]);
+    assert_eq!(
+        dirty(&domain, 0x10_0000, 0x20_1000, true),
+        [(0x10_1000, 0x1000)]
+    );
+    assert_eq!(
+        dirty(&domain, 0x10_0000, 0x20_1000, false),
+        [(0x10_1000, 0x1000)]
+    );
     assert!(dirty(&domain, 0x10_0000, 0x20_1000, false).is_empty());
     let (_, pte) = leaf_pte(s1, 0x10_1000).unwrap();
-    assert_ne!(pte & arm_lpae::AP_RDONLY, 0, "cleaned back to writable-clean");
+    assert_ne!(
+        pte & arm_lpae::AP_RDONLY,
+        0,
+        "cleaned back to writable-clean"
+    );
 }
 
 #[test]
@@ -198,14 +254,21 @@ fn identity_and_blocked_domains() {
         ..CoreConfig::default()
     });
     let node = FwNode::new("/smmu");
-    core.register("smmu", Some(node.clone()), SmmuV3::new(node.clone(), SmmuV3Features::default()))
-        .unwrap();
+    core.register(
+        "smmu",
+        Some(node.clone()),
+        SmmuV3::new(node.clone(), SmmuV3Features::default()),
+    )
+    .unwrap();
     let dev = core
         .add_device(DeviceDesc::platform("nic"), spec(&node, &[9]))
         .unwrap();
     let identity = core.default_domain(dev).unwrap();
     assert_eq!(identity.ty(), DomainType::Identity);
-    assert_eq!(identity.iova_to_phys(Iova(0x1234_5000)), Some(PhysAddr(0x1234_5000)));
+    assert_eq!(
+        identity.iova_to_phys(Iova(0x1234_5000)),
+        Some(PhysAddr(0x1234_5000))
+    );
     let static_domain: &StaticDomain = identity.ops().as_any().downcast_ref().unwrap();
     assert_eq!(static_domain.attached(), [dev]);
 
@@ -235,13 +298,19 @@ fn stream_ids_belong_to_one_device_as_in_linux() {
     let b = core
         .add_device(DeviceDesc::platform("dma1"), spec(&node, &[6, 5]))
         .unwrap();
-    assert!(matches!(core.probe_state(b).unwrap(), ProbeState::Failed(CoreError::Invalid(_))));
+    assert!(matches!(
+        core.probe_state(b).unwrap(),
+        ProbeState::Failed(CoreError::Invalid(_))
+    ));
     assert_eq!(drv.stream_ids(b), Vec::<u32>::new());
     // Out of SIDSIZE.
     let c = core
         .add_device(DeviceDesc::platform("dma2"), spec(&node, &[0x100]))
         .unwrap();
-    assert!(matches!(core.probe_state(c).unwrap(), ProbeState::Failed(_)));
+    assert!(matches!(
+        core.probe_state(c).unwrap(),
+        ProbeState::Failed(_)
+    ));
     // The stream ID is free again once its owner leaves.
     core.remove_device(a).unwrap();
     let d = core
@@ -254,13 +323,22 @@ fn stream_ids_belong_to_one_device_as_in_linux() {
 fn groups_follow_pci_rules_for_pci_and_one_per_platform_device() {
     let (core, node, _) = smmu(SmmuV3Features::default());
     let rp = core
-        .add_device(DeviceDesc::pci(pci("00:01.0", PciKind::RootPort, false, false), None), spec(&node, &[0x8]))
+        .add_device(
+            DeviceDesc::pci(pci("00:01.0", PciKind::RootPort, false, false), None),
+            spec(&node, &[0x8]),
+        )
         .unwrap();
     let f0 = core
-        .add_device(DeviceDesc::pci(pci("01:00.0", PciKind::Endpoint, true, false), Some(rp)), spec(&node, &[0x100]))
+        .add_device(
+            DeviceDesc::pci(pci("01:00.0", PciKind::Endpoint, true, false), Some(rp)),
+            spec(&node, &[0x100]),
+        )
         .unwrap();
     let f1 = core
-        .add_device(DeviceDesc::pci(pci("01:00.1", PciKind::Endpoint, true, false), Some(rp)), spec(&node, &[0x101]))
+        .add_device(
+            DeviceDesc::pci(pci("01:00.1", PciKind::Endpoint, true, false), Some(rp)),
+            spec(&node, &[0x101]),
+        )
         .unwrap();
     let g = core.group_of(rp).unwrap();
     assert_eq!(core.group_of(f0), Some(g));

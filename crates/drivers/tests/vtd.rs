@@ -27,8 +27,12 @@ fn drhd(features: VtdFeatures, rmrr_devices: &[&str]) -> (IommuCore, FwNode) {
         prot: Prot::READ_WRITE,
         devices: rmrr_devices.iter().map(|a| a.parse().unwrap()).collect(),
     }];
-    core.register("dmar0", Some(node.clone()), IntelIommu::new(node.clone(), features, rmrrs))
-        .unwrap();
+    core.register(
+        "dmar0",
+        Some(node.clone()),
+        IntelIommu::new(node.clone(), features, rmrrs),
+    )
+    .unwrap();
     (core, node)
 }
 
@@ -47,14 +51,25 @@ fn dma_domain_maps_with_second_stage_ptes() {
     assert_eq!(domain.ty(), DomainType::Dma);
     assert_eq!(domain.ops().aperture().last, Iova((1 << 48) - 1));
     domain
-        .map(Iova(0x40_0000), PhysAddr(0x1_0040_0000), 0x20_1000, Prot::READ_WRITE)
+        .map(
+            Iova(0x40_0000),
+            PhysAddr(0x1_0040_0000),
+            0x20_1000,
+            Prot::READ_WRITE,
+        )
         .unwrap();
-    assert_eq!(domain.iova_to_phys(Iova(0x60_0abc)), Some(PhysAddr(0x1_0060_0abc)));
+    assert_eq!(
+        domain.iova_to_phys(Iova(0x60_0abc)),
+        Some(PhysAddr(0x1_0060_0abc))
+    );
     let ss = paging::<VtdSs>(&domain);
     assert_eq!(ss.table().format().aw(), 2, "4 levels for 48 bits");
     let (level, pte) = leaf_pte(ss, 0x40_0000).unwrap();
     assert_eq!(level, 1);
-    assert_eq!(pte & (vtdss::R | vtdss::W | vtdss::PS), vtdss::R | vtdss::W | vtdss::PS);
+    assert_eq!(
+        pte & (vtdss::R | vtdss::W | vtdss::PS),
+        vtdss::R | vtdss::W | vtdss::PS
+    );
     assert_eq!(pte & vtdss::ADDR_MASK, 0x1_0040_0000);
     let (level, pte) = leaf_pte(ss, 0x60_0000).unwrap();
     assert_eq!(level, 0);
@@ -71,19 +86,35 @@ fn rmrr_regions_are_direct_mapped_into_the_default_domain_of_their_devices() {
     let nic = endpoint(&core, &node, "00:19.0");
     let regions = core.reserved_regions(usb);
     assert_eq!(regions[0].kind, ReservedKind::Direct);
-    assert_eq!((regions[0].start, regions[0].last), (Iova(RMRR.start), Iova(RMRR.last)));
-    assert!(regions.iter().any(|r| r.kind == ReservedKind::Msi && r.start == Iova(0xfee0_0000)));
-    assert!(core.reserved_regions(nic).iter().all(|r| r.kind != ReservedKind::Direct));
+    assert_eq!(
+        (regions[0].start, regions[0].last),
+        (Iova(RMRR.start), Iova(RMRR.last))
+    );
+    assert!(regions
+        .iter()
+        .any(|r| r.kind == ReservedKind::Msi && r.start == Iova(0xfee0_0000)));
+    assert!(core
+        .reserved_regions(nic)
+        .iter()
+        .all(|r| r.kind != ReservedKind::Direct));
 
     let domain = core.default_domain(usb).unwrap();
     for page in (RMRR.start..RMRR.last).step_by(0x1000) {
-        assert_eq!(domain.iova_to_phys(Iova(page + 4)), Some(PhysAddr(page + 4)));
+        assert_eq!(
+            domain.iova_to_phys(Iova(page + 4)),
+            Some(PhysAddr(page + 4))
+        );
     }
     assert_eq!(domain.iova_to_phys(Iova(RMRR.last + 1)), None);
     let (_, pte) = leaf_pte(paging::<VtdSs>(&domain), RMRR.start).unwrap();
     assert_eq!(pte & (vtdss::R | vtdss::W), vtdss::R | vtdss::W);
     // The NIC, outside the RMRR's scope, gets nothing mapped.
-    assert_eq!(core.default_domain(nic).unwrap().iova_to_phys(Iova(RMRR.start)), None);
+    assert_eq!(
+        core.default_domain(nic)
+            .unwrap()
+            .iova_to_phys(Iova(RMRR.start)),
+        None
+    );
 }
 
 #[test]
@@ -95,7 +126,8 @@ fn dirty_bits_are_recorded_only_while_tracking_is_on() {
     let (core, node) = drhd(VtdFeatures::default(), &[]);
     let dev = endpoint(&core, &node, "00:03.0");
     assert_eq!(
-        core.domain_alloc(dev, DomainRequest::Paging { flags, data: None }).unwrap_err(),
+        core.domain_alloc(dev, DomainRequest::Paging { flags, data: None })
+            .unwrap_err(),
         CoreError::NotSupported
     );
 
@@ -129,16 +161,31 @@ fn dirty_bits_are_recorded_only_while_tracking_is_on() {
 fn root_port_without_acs_groups_everything_below_it() {
     let (core, node) = drhd(VtdFeatures::default(), &[]);
     let rp = core
-        .add_device(DeviceDesc::pci(pci("00:1c.0", PciKind::RootPort, false, false), None), spec(&node, &[0xe0]))
+        .add_device(
+            DeviceDesc::pci(pci("00:1c.0", PciKind::RootPort, false, false), None),
+            spec(&node, &[0xe0]),
+        )
         .unwrap();
     let a = core
-        .add_device(DeviceDesc::pci(pci("02:00.0", PciKind::Endpoint, false, false), Some(rp)), spec(&node, &[0x200]))
+        .add_device(
+            DeviceDesc::pci(pci("02:00.0", PciKind::Endpoint, false, false), Some(rp)),
+            spec(&node, &[0x200]),
+        )
         .unwrap();
     let acs_rp = core
-        .add_device(DeviceDesc::pci(pci("00:1d.0", PciKind::RootPort, false, true), None), spec(&node, &[0xe8]))
+        .add_device(
+            DeviceDesc::pci(pci("00:1d.0", PciKind::RootPort, false, true), None),
+            spec(&node, &[0xe8]),
+        )
         .unwrap();
     let b = core
-        .add_device(DeviceDesc::pci(pci("03:00.0", PciKind::Endpoint, false, false), Some(acs_rp)), spec(&node, &[0x300]))
+        .add_device(
+            DeviceDesc::pci(
+                pci("03:00.0", PciKind::Endpoint, false, false),
+                Some(acs_rp),
+            ),
+            spec(&node, &[0x300]),
+        )
         .unwrap();
     assert_eq!(core.group_of(a), core.group_of(rp));
     assert_ne!(core.group_of(b), core.group_of(acs_rp));
@@ -152,8 +199,12 @@ fn identity_and_blocked_domains() {
         ..CoreConfig::default()
     });
     let node = FwNode::new("DRHD");
-    core.register("dmar", Some(node.clone()), IntelIommu::new(node.clone(), VtdFeatures::default(), Vec::new()))
-        .unwrap();
+    core.register(
+        "dmar",
+        Some(node.clone()),
+        IntelIommu::new(node.clone(), VtdFeatures::default(), Vec::new()),
+    )
+    .unwrap();
     let dev = endpoint(&core, &node, "00:05.0");
     assert_eq!(core.default_domain(dev).unwrap().ty(), DomainType::Identity);
     core.claim_dma_owner(dev, DmaOwner::new()).unwrap();
