@@ -173,8 +173,14 @@ impl<F: Format> DomainOps for PagingDomain<F> {
         keep: bool,
         record: &mut dyn FnMut(Iova, u64),
     ) -> Result<()> {
-        if self.dirty == DirtySupport::None {
-            return Err(CoreError::NotSupported);
+        match self.dirty {
+            DirtySupport::None => return Err(CoreError::NotSupported),
+            // VT-d and AMD refuse to report while tracking is off (Linux's
+            // `intel_iommu_read_and_clear_dirty()`, `amd_iommu_read_and_clear_dirty()`).
+            DirtySupport::Switched if !self.is_tracking() => {
+                return Err(CoreError::Invalid("dirty tracking is off"))
+            }
+            _ => {}
         }
         let mode = if keep {
             DirtyMode::Keep

@@ -148,6 +148,13 @@ fn dirty_bits_are_recorded_only_while_tracking_is_on() {
         .unwrap();
     let ss = paging::<VtdSs>(&domain);
     assert!(!ss.device_write(Iova(0x8000)).unwrap(), "SSADE is off");
+    let mut none = |_: Iova, _: u64| {};
+    assert!(matches!(
+        domain
+            .ops()
+            .read_and_clear_dirty(Iova(0), 0x10_0000, false, &mut none),
+        Err(CoreError::Invalid(_))
+    ));
     domain.ops().set_dirty_tracking(true).unwrap();
     assert!(ss.device_write(Iova(0x9000)).unwrap());
     assert_ne!(leaf_pte(ss, 0x9000).unwrap().1 & vtdss::D, 0);
