@@ -352,3 +352,35 @@ fn groups_follow_pci_rules_for_pci_and_one_per_platform_device() {
     assert_ne!(core.group_of(u0), core.group_of(u1));
     assert_ne!(core.group_of(u0), Some(g));
 }
+
+#[test]
+fn devices_behind_a_pcie_to_pci_bridge_collide_on_the_bridge_alias() {
+    // IORT gives each function its own RID and, through pci_for_each_dma_alias, the alias the
+    // bridge puts on the bus (secondary bus, devfn 0). Both functions then name stream 0x0300:
+    // the second one's probe fails, which is what Linux does with such a bridge.
+    let (core, node, drv) = smmu(SmmuV3Features::default());
+    let bridge = core
+        .add_device(
+            DeviceDesc::pci(pci("00:03.0", PciKind::PcieToPciBridge, false, false), None),
+            spec(&node, &[0x18]),
+        )
+        .unwrap();
+    let conventional = |addr: &str| {
+        DeviceDesc::pci(
+            pci(addr, PciKind::ConventionalDevice, false, false),
+            Some(bridge),
+        )
+    };
+    let a = core
+        .add_device(conventional("03:01.0"), spec(&node, &[0x308, 0x300]))
+        .unwrap();
+    let b = core
+        .add_device(conventional("03:02.0"), spec(&node, &[0x310, 0x300]))
+        .unwrap();
+    assert_eq!(drv.stream_ids(a), [0x308, 0x300]);
+    assert_eq!(core.group_of(a), core.group_of(bridge));
+    assert!(matches!(
+        core.probe_state(b).unwrap(),
+        ProbeState::Failed(CoreError::Invalid(_))
+    ));
+}
