@@ -23,7 +23,8 @@ const DRIVER_AREAS: u64 = 0x10_0000;
 /// Most virtio-iommu instances a machine may have (their queue areas must fit below 16 MiB).
 const MAX_VIRTIO_INSTANCES: u64 = (0x100_0000 - DRIVER_AREAS) / DRIVER_AREA_SIZE;
 
-/// The driver names a platform's `driver =` field accepts.
+/// The driver names a platform's `driver =` field accepts: these two, and the hardware
+/// drivers of uiommu-drivers ([`uiommu_drivers::DRIVER_NAMES`]).
 pub const DRIVER_NAMES: &[&str] = &["mock", "virtio-iommu"];
 
 /// A virtio-iommu instance of a machine.
@@ -113,11 +114,14 @@ impl DriverFactory for Factory {
                 });
                 Ok(driver)
             }
-            other => Err(format!(
-                "IOMMU {}: unknown driver {other:?} (known: {})",
-                iommu.name,
-                DRIVER_NAMES.join(", ")
-            )),
+            other => uiommu_drivers::create_default(other, &iommu.fwnode).ok_or_else(|| {
+                format!(
+                    "IOMMU {}: unknown driver {other:?} (known: {}, {})",
+                    iommu.name,
+                    DRIVER_NAMES.join(", "),
+                    uiommu_drivers::DRIVER_NAMES.join(", ")
+                )
+            }),
         }
     }
 }

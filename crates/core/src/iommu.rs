@@ -12,6 +12,8 @@
 //!   registered without a fwnode (the legacy global driver).
 //! * A **group** is the unit of isolation: every device of a group is attached to the same
 //!   domain. Its default domain is chosen once all devices present at probe time have joined.
+//!   A DMA default domain gets the direct-mapped reserved regions of its devices (RMRRs, unity
+//!   maps) identity-mapped before its first attach, and again for every device that joins later.
 //! * **DMA ownership**: a kernel driver bound to a device uses the default domain
 //!   ([`IommuCore::use_default_domain`]); a user such as iommufd claims the whole group
 //!   ([`IommuCore::claim_dma_owner`]), which moves it to a blocking domain until the user
@@ -27,11 +29,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::addr::{Iova, PhysAddr};
 use crate::device::{BusInfo, DeviceDesc, DeviceId, PciAddress};
 use crate::domain::Domain;
 use crate::driver::{
     Capability, DeviceInfo, DomainRequest, DomainType, GroupChoice, HwInfo, IommuOps, PagingFlags,
-    ReservedRegion,
+    ReservedKind, ReservedRegion,
 };
 use crate::error::{CoreError, Result};
 use crate::fwnode::{FwNode, Fwspec};
@@ -1038,6 +1041,13 @@ impl State {
             .as_mut()
             .expect("present")
             .state = ProbeState::Bound { instance, group };
+        if let Some(default) = self.groups[&group].default_domain.clone() {
+            // A device joining a group that already has its default domain brings its own
+            // direct-mapped regions; as in Linux a failure here does not fail the probe.
+            if let Err(err) = self.create_direct_mappings(&default, dev, instance) {
+                tracing::warn!(device = dev.0, %err, "could not map the device's direct regions");
+            }
+        }
         let attach = match &self.groups[&group].domain {
             Some(domain) => domain.ops().attach_dev(&self.info(dev, Some(instance))),
             None if created || self.groups[&group].default_domain.is_none() => match new_groups {
@@ -1242,8 +1252,88 @@ impl State {
                 }
             },
         };
+        // Direct regions are mapped before the first attach, so DMA that firmware set up keeps
+        // working throughout; a driver that cannot map before attach gets a second try after.
+        let devices = self.groups[&group].devices.clone();
+        let mut direct_failed = false;
+        for &dev in &devices {
+            if let Err(err) = self.create_direct_mappings(&domain, dev, instance) {
+                tracing::warn!(device = dev.0, %err, "could not map direct regions before attach");
+                direct_failed = true;
+            }
+        }
         self.set_group_domain(group, &domain)?;
-        self.groups.get_mut(&group).expect("exists").default_domain = Some(domain);
+        self.groups.get_mut(&group).expect("exists").default_domain = Some(domain.clone());
+        if direct_failed {
+            for &dev in &devices {
+                self.create_direct_mappings(&domain, dev, instance)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Identity-map `dev`'s direct reserved regions ([`ReservedKind::Direct`] and
+    /// [`ReservedKind::DirectRelaxable`]: RMRRs, IVMD unity ranges, IORT RMRs) into a DMA
+    /// domain, skipping pages that already translate (Linux
+    /// `iommu_create_device_direct_mappings()`). Other domain types are left alone: an identity
+    /// domain maps everything already, and a user's domain is the user's business.
+    ///
+    /// Both ends of a region are rounded up to the smallest page size, as Linux does.
+    fn create_direct_mappings(
+        &self,
+        domain: &Domain,
+        dev: DeviceId,
+        instance: InstanceId,
+    ) -> Result<()> {
+        if !matches!(domain.ty(), DomainType::Dma | DomainType::DmaFq) {
+            return Ok(());
+        }
+        let page = domain
+            .min_page_size()
+            .ok_or(CoreError::Invalid("DMA domain without page sizes"))?;
+        let ops = self.instance(instance)?.ops.clone();
+        let regions = ops.reserved_regions(&self.info(dev, Some(instance)));
+        let round_up = |addr: u64| addr.checked_add(page - 1).map(|a| a & !(page - 1));
+        for region in regions {
+            if !matches!(
+                region.kind,
+                ReservedKind::Direct | ReservedKind::DirectRelaxable
+            ) {
+                continue;
+            }
+            let (Some(start), Some(end)) = (
+                round_up(region.start.0),
+                region.last.0.checked_add(1).and_then(round_up),
+            ) else {
+                return Err(CoreError::Invalid(
+                    "direct region reaches the end of the IOVA space",
+                ));
+            };
+            let mut run_start = start;
+            let mut addr = start;
+            while addr < end {
+                if domain.iova_to_phys(Iova(addr)).is_some() {
+                    if run_start < addr {
+                        domain.map(
+                            Iova(run_start),
+                            PhysAddr(run_start),
+                            addr - run_start,
+                            region.prot,
+                        )?;
+                    }
+                    run_start = addr + page;
+                }
+                addr += page;
+            }
+            if run_start < end {
+                domain.map(
+                    Iova(run_start),
+                    PhysAddr(run_start),
+                    end - run_start,
+                    region.prot,
+                )?;
+            }
+        }
         Ok(())
     }
 

@@ -306,3 +306,80 @@ fn devices_without_an_iommu_have_no_ownership_to_claim() {
         .domain_alloc(dev, DomainRequest::Dma)
         .is_err_and(|e| e == CoreError::NoDevice));
 }
+
+fn region(start: u64, last: u64, kind: ReservedKind) -> ReservedRegion {
+    ReservedRegion {
+        start: Iova(start),
+        last: Iova(last),
+        prot: Prot::READ_WRITE,
+        kind,
+    }
+}
+
+#[test]
+fn direct_regions_are_identity_mapped_into_dma_default_domains_only() {
+    let (core, drv, node) = setup(
+        strict(),
+        TestDriver::new("d").with_group(GroupChoice::PerInstance),
+    );
+    drv.reserved.lock().unwrap().insert(
+        "usb".into(),
+        vec![
+            // Rounded up at both ends: the partial first page is dropped, the last one kept.
+            region(0xe_0800, 0xe_2fff, ReservedKind::Direct),
+            region(0xf_0000, 0xf_0fff, ReservedKind::DirectRelaxable),
+            region(0xfee0_0000, 0xfeef_ffff, ReservedKind::Msi),
+        ],
+    );
+    drv.reserved.lock().unwrap().insert(
+        "gpu".into(),
+        vec![region(0x20_0000, 0x20_0fff, ReservedKind::Direct)],
+    );
+    let usb = core
+        .add_device(DeviceDesc::platform("usb"), spec(&node, 0))
+        .unwrap();
+    drv.register(&core, "i", &node);
+    let domain = core.default_domain(usb).unwrap();
+    assert_eq!(domain.ty(), DomainType::Dma);
+    assert_eq!(domain.iova_to_phys(Iova(0xe_0000)), None);
+    for page in [0xe_1000, 0xe_2000, 0xf_0000] {
+        assert_eq!(
+            domain.iova_to_phys(Iova(page + 8)),
+            Some(PhysAddr(page + 8))
+        );
+    }
+    assert_eq!(domain.iova_to_phys(Iova(0xe_3000)), None);
+    assert_eq!(
+        domain.iova_to_phys(Iova(0xfee0_0000)),
+        None,
+        "MSI is not direct"
+    );
+    // A device joining the group later brings its own region into the same domain.
+    let gpu = core
+        .add_device(DeviceDesc::platform("gpu"), spec(&node, 1))
+        .unwrap();
+    assert!(Arc::ptr_eq(&core.default_domain(gpu).unwrap(), &domain));
+    assert_eq!(
+        domain.iova_to_phys(Iova(0x20_0010)),
+        Some(PhysAddr(0x20_0010))
+    );
+
+    // Identity default domains are left alone (they translate everything anyway).
+    let config = CoreConfig {
+        default_domain: DefaultDomainPolicy::Passthrough,
+        ..CoreConfig::default()
+    };
+    let (core, drv, node) = setup(config, TestDriver::new("d"));
+    drv.reserved.lock().unwrap().insert(
+        "usb".into(),
+        vec![region(0xe_0000, 0xe_0fff, ReservedKind::Direct)],
+    );
+    drv.register(&core, "i", &node);
+    let usb = core
+        .add_device(DeviceDesc::platform("usb"), spec(&node, 0))
+        .unwrap();
+    let domain = core.default_domain(usb).unwrap();
+    assert_eq!(domain.ty(), DomainType::Identity);
+    let test_domain: &TestDomain = domain.ops().as_any().downcast_ref().unwrap();
+    assert!(test_domain.pages.lock().unwrap().is_empty());
+}

@@ -30,6 +30,8 @@ pub struct TestDriver {
     pub released: Mutex<Vec<String>>,
     /// This driver's instances, by fwnode, for call-all decisions.
     pub instances: Mutex<HashMap<FwNode, InstanceId>>,
+    /// Reserved regions reported for every device, by device name.
+    pub reserved: Mutex<HashMap<String, Vec<ReservedRegion>>>,
 }
 
 impl TestDriver {
@@ -44,6 +46,7 @@ impl TestDriver {
             probed: Mutex::new(Vec::new()),
             released: Mutex::new(Vec::new()),
             instances: Mutex::new(HashMap::new()),
+            reserved: Mutex::new(HashMap::new()),
         }
     }
 
@@ -120,6 +123,15 @@ impl IommuOps for TestDriver {
 
     fn static_default_domain(&self) -> Option<DomainType> {
         self.static_default
+    }
+
+    fn reserved_regions(&self, dev: &DeviceInfo<'_>) -> Vec<ReservedRegion> {
+        self.reserved
+            .lock()
+            .unwrap()
+            .get(dev.name())
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn domain_alloc(
