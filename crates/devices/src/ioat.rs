@@ -39,9 +39,12 @@
 //! [`IoatConfig::inline_budget`] bytes (each descriptor counts at least 64, its own fetch),
 //! so short jobs complete before the MMIO store returns. Work beyond that goes to a worker
 //! thread that exists only while the channel has work and ends when it goes idle, suspended or
-//! halted: an idle device has no thread and burns no CPU. Descriptors execute under the
-//! channel lock, so a register write (reset, suspend) waits at most for the descriptor in
-//! flight, and CHANSTS is also published in an atomic that loads read without the lock.
+//! halted: an idle device has no thread and burns no CPU. A CHANSTS load that finds the channel
+//! ACTIVE and its lock free also runs one descriptor, so a driver that busy-polls (as the VFIO
+//! selftest does) drives the channel itself instead of waiting for the worker to be scheduled
+//! on a loaded machine. Descriptors execute under the channel lock, so a register write
+//! (reset, suspend) waits at most for the descriptor in flight (`1 << XFERCAP` bytes), and
+//! CHANSTS is also published in an atomic that loads read without the lock.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -421,7 +424,15 @@ impl Inner {
     fn read(&self, offset: u64, buf: &mut [u8]) {
         let end = offset + buf.len() as u64;
         if offset >= CHANSTS && end <= CHANSTS + 8 {
-            // The hot path of every polling driver: no lock.
+            // The hot path of every polling driver: no lock. A driver polling an ACTIVE
+            // channel lends its thread for one descriptor when the channel lock is free, so
+            // progress does not wait for the worker to be scheduled.
+            if self.chansts.load(Ordering::Acquire) & CHANSTS_STATUS == ChannelState::Active as u64
+            {
+                if let Ok(mut regs) = self.regs.try_lock() {
+                    self.step(&mut regs);
+                }
+            }
             let value = self.chansts.load(Ordering::Acquire).to_le_bytes();
             let at = (offset - CHANSTS) as usize;
             buf.copy_from_slice(&value[at..at + buf.len()]);

@@ -10,9 +10,11 @@
 //!
 //! This crate must not know about VFIO, iommufd, sysfs or how BAR accesses are trapped: it
 //! offers config and BAR accesses as calls, DMA through whichever domain it is handed, and
-//! interrupts to whichever sink it is given. Lock order: a function's configuration space →
-//! a model's registers → the function's MSI-X state → the sink; a DMA space's domain lock is
-//! a leaf taken inside a model's registers.
+//! interrupts to whichever sink it is given.
+//!
+//! Lock order: a function's configuration space → its MSI-X state → the sink; a model's
+//! registers → the DMA space's domain lock, and → MSI-X state → the sink. A function reset
+//! takes the model's registers and then configuration space, never both at once.
 
 mod dma;
 mod domain_dma;

@@ -33,8 +33,9 @@ impl InterruptLine for IrqPort {
 /// bits and nothing else (virtualising COMMAND or MSI-X for a user, as VFIO does, is the
 /// caller's job).
 ///
-/// Locking: `config` guards configuration space. Lock order: `config` → the model's own locks →
-/// MSI-X state → the sink. The function reset takes the model's locks without `config`.
+/// Locking: `config` guards configuration space. Lock order: `config` → MSI-X state → the
+/// sink, and the model's own locks → MSI-X state → the sink. The function reset takes the
+/// model's locks without `config`, then `config`.
 pub struct PciFunction {
     layout: PciLayout,
     model: Arc<dyn PciDeviceModel>,
