@@ -16,6 +16,8 @@
 //! registers → the DMA space's domain lock, and → MSI-X state → the sink. A function reset
 //! takes the model's registers and then configuration space, never both at once.
 
+#![deny(missing_docs)]
+
 mod dma;
 mod domain_dma;
 mod host_memory;

@@ -31,7 +31,8 @@ impl InterruptLine for IrqPort {
 ///
 /// Raw hardware view: configuration writes obey the hardware's read-only and write-1-to-clear
 /// bits and nothing else (virtualising COMMAND or MSI-X for a user, as VFIO does, is the
-/// caller's job).
+/// caller's job). Power states only matter for the D3hot to D0 reset: a function in D3hot
+/// still decodes its BARs.
 ///
 /// Locking: `config` guards configuration space. Lock order: `config` → MSI-X state → the
 /// sink, and the model's own locks → MSI-X state → the sink. The function reset takes the
