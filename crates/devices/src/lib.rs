@@ -6,7 +6,8 @@
 //! The pieces: the DMA seam ([`DmaSpace`], with [`DomainDma`] over a core [`uiommu_core::Domain`]
 //! and [`MemoryDma`] for tests), the interrupt seams ([`InterruptLine`] for models, [`MsiSink`]
 //! for whoever delivers), the PCI function ([`pci::PciFunction`]: configuration space, BARs,
-//! MSI-X, reset) around a [`pci::PciDeviceModel`], and the models: [`ioat::Ioat`].
+//! MSI-X, reset) around a [`pci::PciDeviceModel`], and the models: [`ioat::Ioat`] and
+//! [`dsa::Dsa`].
 //!
 //! This crate must not know about VFIO, iommufd, sysfs or how BAR accesses are trapped: it
 //! offers config and BAR accesses as calls, DMA through whichever domain it is handed, and
@@ -20,6 +21,7 @@
 
 mod dma;
 mod domain_dma;
+pub mod dsa;
 mod host_memory;
 pub mod ioat;
 mod irq;

@@ -232,6 +232,16 @@ fn bar_accesses_are_checked_and_need_memory_decoding() {
         rig.function.bar_read(0, 2, &mut buf[..4]),
         Err(AccessError::Unaligned { offset: 2, len: 4 })
     );
+    let mut wide = [0u8; 64];
+    assert_eq!(
+        rig.function.bar_read(0, 0x2000, &mut wide),
+        Err(AccessError::Unaligned {
+            offset: 0x2000,
+            len: 64
+        }),
+        "a 64-byte access does not fit the 16-byte MSI-X table"
+    );
+    rig.function.bar_read(0, 0x1000, &mut wide).unwrap();
     assert_eq!(
         rig.function.bar_read(0, 0, &mut buf[..3]),
         Err(AccessError::Unaligned { offset: 0, len: 3 })

@@ -208,7 +208,7 @@ impl PciFunction {
         len: usize,
     ) -> Result<Option<(&Msix, bool, u64)>, AccessError> {
         let spec = self.bar(index)?;
-        if !matches!(len, 1 | 2 | 4 | 8) || !offset.is_multiple_of(len as u64) {
+        if !matches!(len, 1 | 2 | 4 | 8 | 64) || !offset.is_multiple_of(len as u64) {
             return Err(AccessError::Unaligned { offset, len });
         }
         if offset
@@ -222,9 +222,18 @@ impl PciFunction {
         };
         let table = u64::from(msix.spec().table_offset);
         let pba = u64::from(msix.spec().pba_offset);
-        Ok(if (table..table + msix.table_len()).contains(&offset) {
+        let end = offset + len as u64;
+        let (table_end, pba_end) = (table + msix.table_len(), pba + msix.pba_len());
+        let overlaps = |start: u64, stop: u64| offset < stop && start < end;
+        // MSI-X structures take accesses of up to 8 bytes that stay inside them.
+        if (overlaps(table, table_end) && (offset < table || end > table_end))
+            || (overlaps(pba, pba_end) && (offset < pba || end > pba_end))
+        {
+            return Err(AccessError::Unaligned { offset, len });
+        }
+        Ok(if overlaps(table, table_end) {
             Some((msix, true, offset - table))
-        } else if (pba..pba + msix.pba_len()).contains(&offset) {
+        } else if overlaps(pba, pba_end) {
             Some((msix, false, offset - pba))
         } else {
             None
@@ -232,10 +241,11 @@ impl PciFunction {
     }
 
     /// A load from BAR `index`. With memory decoding off the function does not respond: the
-    /// load reads all ones.
+    /// load reads all ones. Sizes are 1, 2, 4, 8, or 64 (a `MOVDIR64B`-style store to a work
+    /// queue portal), naturally aligned.
     ///
     /// # Errors
-    /// No such BAR, a size other than 1, 2, 4 or 8, misalignment, or a range outside the BAR.
+    /// No such BAR, another size, misalignment, or a range outside the BAR.
     pub fn bar_read(&self, index: u8, offset: u64, buf: &mut [u8]) -> Result<(), AccessError> {
         let target = self.bar_target(index, offset, buf.len())?;
         if !self.memory_decode.load(Ordering::Acquire) {

@@ -204,7 +204,7 @@ pub struct DevicePorts {
 /// configuration space (which the function owns).
 ///
 /// BAR accesses reach the model already checked by the function: `bar` is a BAR of the
-/// layout, `offset + data.len()` lies inside it, the size is 1, 2, 4 or 8 and naturally
+/// layout, `offset + data.len()` lies inside it, the size is 1, 2, 4, 8 or 64 and naturally
 /// aligned, memory decoding is on, and the MSI-X table and PBA are handled by the function.
 /// Methods take `&self`: models synchronize internally and may DMA from their own threads.
 pub trait PciDeviceModel: Send + Sync + fmt::Debug {
@@ -234,8 +234,8 @@ pub enum AccessError {
         /// Length of the access.
         len: usize,
     },
-    /// BAR accesses must be 1, 2, 4 or 8 bytes, naturally aligned.
-    #[error("BAR access at {offset:#x}+{len} is not a naturally aligned 1, 2, 4 or 8 bytes")]
+    /// BAR accesses must be 1, 2, 4, 8 or 64 bytes, naturally aligned.
+    #[error("BAR access at {offset:#x}+{len} is not a naturally aligned 1, 2, 4, 8 or 64 bytes")]
     Unaligned {
         /// Offset of the access.
         offset: u64,
