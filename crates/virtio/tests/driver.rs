@@ -154,7 +154,12 @@ fn translation_reports_the_permissions_each_mapping_was_made_with() {
     let rig = rig();
     let (_, domain) = rig.add_mapped(0x1000, Prot::READ);
     domain
-        .map(Iova(IOVA + 0x1000), PhysAddr(BUF + 0x1000), 0x1000, Prot::WRITE)
+        .map(
+            Iova(IOVA + 0x1000),
+            PhysAddr(BUF + 0x1000),
+            0x1000,
+            Prot::WRITE,
+        )
         .unwrap();
     assert_eq!(
         domain.translate(Iova(IOVA + 0x10)),
