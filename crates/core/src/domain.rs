@@ -158,6 +158,17 @@ impl Domain {
         }
     }
 
+    /// Translate an IOVA together with the access its mapping grants, for emulated devices
+    /// that must tell a permission fault from a translation fault: identity domains grant
+    /// everything, blocked domains translate nothing (see [`DomainOps::iova_to_phys_prot`]).
+    pub fn translate(&self, iova: Iova) -> Option<(PhysAddr, Prot)> {
+        match self.ty {
+            DomainType::Identity => Some((PhysAddr(iova.0), Prot::READ_WRITE)),
+            DomainType::Blocked => None,
+            _ => self.ops.iova_to_phys_prot(iova),
+        }
+    }
+
     /// The largest supported page size for a run starting at an address whose alignment is
     /// `addr_merge` (IOVA | physical address) with `size` bytes left, and how many pages of it
     /// to map before a larger size becomes possible (Linux `iommu_pgsize()`).
@@ -358,5 +369,11 @@ mod tests {
         );
         let identity = domain_of(DomainType::Identity, Recorder::default());
         assert_eq!(identity.iova_to_phys(Iova(0x1234)), Some(PhysAddr(0x1234)));
+        assert_eq!(
+            identity.translate(Iova(0x1234)),
+            Some((PhysAddr(0x1234), Prot::READ_WRITE))
+        );
+        let blocked = domain_of(DomainType::Blocked, Recorder::default());
+        assert_eq!(blocked.translate(Iova(0x1234)), None);
     }
 }

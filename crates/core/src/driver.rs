@@ -443,6 +443,15 @@ pub trait DomainOps: Send + Sync + fmt::Debug {
         None
     }
 
+    /// Translate one IOVA and report the access its mapping grants. Linux has no such op (its
+    /// hardware checks permissions during the page walk); emulated devices need it to fault on
+    /// a write through a read-only mapping. The default grants reads and writes wherever
+    /// [`DomainOps::iova_to_phys`] translates: right for drivers that do not keep permissions
+    /// (the mock, like Linux's), and what drivers that do keep them override.
+    fn iova_to_phys_prot(&self, iova: Iova) -> Option<(PhysAddr, Prot)> {
+        self.iova_to_phys(iova).map(|pa| (pa, Prot::READ_WRITE))
+    }
+
     /// Make earlier map and unmap calls visible to the hardware (Linux `iotlb_sync`).
     fn iotlb_sync(&self) {}
 

@@ -150,6 +150,29 @@ fn write_through_a_read_only_mapping_is_a_permission_fault() {
 }
 
 #[test]
+fn translation_reports_the_permissions_each_mapping_was_made_with() {
+    let rig = rig();
+    let (_, domain) = rig.add_mapped(0x1000, Prot::READ);
+    domain
+        .map(
+            Iova(IOVA + 0x1000),
+            PhysAddr(BUF + 0x1000),
+            0x1000,
+            Prot::WRITE,
+        )
+        .unwrap();
+    assert_eq!(
+        domain.translate(Iova(IOVA + 0x10)),
+        Some((PhysAddr(BUF + 0x10), Prot::READ))
+    );
+    assert_eq!(
+        domain.translate(Iova(IOVA + 0x1010)),
+        Some((PhysAddr(BUF + 0x1010), Prot::WRITE))
+    );
+    assert_eq!(domain.translate(Iova(IOVA + 0x2000)), None);
+}
+
+#[test]
 fn unmap_removes_the_translation_even_after_it_was_cached() {
     let rig = rig();
     let (_, domain) = rig.add_mapped(0x1000, Prot::READ_WRITE);

@@ -924,6 +924,21 @@ impl DomainOps for VirtioDomain {
             .map(|m| PhysAddr(m.phys_of(iova.0)))
     }
 
+    /// The shadow keeps each mapping's MAP flags: READ and WRITE become the permissions.
+    fn iova_to_phys_prot(&self, iova: Iova) -> Option<(PhysAddr, Prot)> {
+        let shadow = lock(&self.0.shadow);
+        shadow.mappings.lookup(iova.0).map(|m| {
+            let mut prot = Prot::NONE;
+            if m.flags & spec::VIRTIO_IOMMU_MAP_F_READ != 0 {
+                prot = prot.union(Prot::READ);
+            }
+            if m.flags & spec::VIRTIO_IOMMU_MAP_F_WRITE != 0 {
+                prot = prot.union(Prot::WRITE);
+            }
+            (PhysAddr(m.phys_of(iova.0)), prot)
+        })
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
